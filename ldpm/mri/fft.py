@@ -1,0 +1,33 @@
+"""Centered, orthonormal 2-D Fourier transforms over the last two axes (fastMRI convention).
+
+``F`` in the paper's eq. (1)-(3) and (10). Work on numpy arrays and torch tensors alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+Array = np.ndarray | torch.Tensor
+
+
+def fft2c(x: Array) -> Array:
+    """Image -> k-space: ``fftshift(fft2(ifftshift(x)))`` with ``norm='ortho'`` (unitary)."""
+    if isinstance(x, torch.Tensor):
+        x = torch.fft.ifftshift(x, dim=(-2, -1))
+        x = torch.fft.fft2(x, dim=(-2, -1), norm="ortho")
+        return torch.fft.fftshift(x, dim=(-2, -1))
+    x = np.fft.ifftshift(x, axes=(-2, -1))
+    x = np.fft.fft2(x, axes=(-2, -1), norm="ortho")
+    return np.fft.fftshift(x, axes=(-2, -1))
+
+
+def ifft2c(k: Array) -> Array:
+    """k-space -> image: the inverse of :func:`fft2c` (also unitary)."""
+    if isinstance(k, torch.Tensor):
+        k = torch.fft.ifftshift(k, dim=(-2, -1))
+        k = torch.fft.ifft2(k, dim=(-2, -1), norm="ortho")
+        return torch.fft.fftshift(k, dim=(-2, -1))
+    k = np.fft.ifftshift(k, axes=(-2, -1))
+    k = np.fft.ifft2(k, axes=(-2, -1), norm="ortho")
+    return np.fft.fftshift(k, axes=(-2, -1))

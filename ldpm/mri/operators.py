@@ -1,0 +1,37 @@
+"""Forward model and data consistency on single-coil k-space of the RSS image (paper's nPI).
+
+``mask`` is a 1-D column mask (length W) or any array broadcastable to the k-space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .fft import Array, fft2c, ifft2c
+
+
+def _as_mask(mask: Array, like: Array) -> Array:
+    if isinstance(like, torch.Tensor) and not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(np.asarray(mask), device=like.device)
+    return mask.to(torch.float32) if isinstance(mask, torch.Tensor) else mask.astype(np.float32)
+
+
+def undersample(image: Array, mask: Array) -> Array:
+    """``k_u = M * F(x)`` (eq. 1): the measured k-space of image ``x`` under mask ``M``."""
+    return fft2c(image) * _as_mask(mask, image)
+
+
+def zero_filled(k_u: Array) -> Array:
+    """``x_u = F^-1(k_u)``: the zero-filled (complex) image."""
+    return ifft2c(k_u)
+
+
+def data_consistency(image: Array, k_u: Array, mask: Array) -> Array:
+    """``DC[x, k_u, M] = F^-1{ F[x](1 - M) + k_u M }`` (eq. 3).
+
+    Keeps the estimate's k-space where nothing was measured and replaces the measured lines by
+    ``k_u`` exactly. Returns a complex image; take ``abs`` for a magnitude.
+    """
+    m = _as_mask(mask, k_u)
+    return ifft2c(fft2c(image) * (1 - m) + k_u * m)
