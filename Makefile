@@ -1,0 +1,27 @@
+# Two front-door targets (see README):
+#   make all    install into .venv, then run the whole default pipeline to its tables/figures
+#   make test   install into .venv, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ldpm-installed
+
+.PHONY: all test install clean-results
+
+all: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --profile workflow/profiles/local all
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+install: $(STAMP)
+
+# torch and torchvision are pinned in pyproject.toml (the only pair that imports together here).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[workflow,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,172 @@
+"""Small entry points that the Snakemake rules call: ``ldpm <command> ...``.
+
+Each command does one step of the pipeline, reads only its inputs, writes its outputs
+atomically, and stops with one clear message (file or key, and the fix) on bad input.
+The science lives in the library; this module only parses arguments and calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import LdpmInputError
+
+log = logging.getLogger("ldpm")
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    COMMANDS[fn.__name__.replace("_", "-")] = fn
+    return fn
+
+
+def _json(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+
+
+# --------------------------------------------------------------------------- data
+@command
+def embedded(a: argparse.Namespace) -> None:
+    """Build one embedded subject's fastMRI-format multicoil HDF5 files."""
+    from .data.embedded import build_subject
+
+    paths = build_subject(a.subject, a.out_dir, a.embedded, crop_size=a.crop_size,
+                          drop_last_slices=a.drop_last_slices, seed=a.seed)
+    log.info("wrote %d volumes for subject %d to %s", len(paths), a.subject, a.out_dir)
+
+
+@command
+def preprocess(a: argparse.Namespace) -> None:
+    """One fastMRI volume -> its RSS slice store (last slices dropped, center-cropped)."""
+    from .data.store import preprocess_volume
+
+    preprocess_volume(a.input, a.output, crop_size=a.crop_size, drop_last_slices=a.drop_last_slices)
+
+
+@command
+def manifest(a: argparse.Namespace) -> None:
+    """Gather the slice stores into one manifest with a seeded by-subject split."""
+    from .data.store import build_manifest
+
+    build_manifest(a.stores, a.output, split_fractions=a.split_fractions, seed=a.seed)
+
+
+@command
+def test_shard(a: argparse.Namespace) -> None:
+    """Write test shard k: ground truth and its fixed, seeded undersampling masks."""
+    from .data.store import write_test_shard
+
+    write_test_shard(a.manifest, a.shard, a.n_shards, a.output, acceleration=a.acceleration,
+                     center_fraction=a.center_fraction, mask_seed=a.mask_seed)
+
+
+# --------------------------------------------------------------------------- methods
+@command
+def reconstruct(a: argparse.Namespace) -> None:
+    """Reconstruct one test shard with one method."""
+    from .methods import reconstruct_shard
+
+    reconstruct_shard(a.method, a.shard_data, a.output, checkpoints=a.checkpoint or [],
+                      options=a.options)
+
+
+# --------------------------------------------------------------------------- metrics
+@command
+def evaluate(a: argparse.Namespace) -> None:
+    """Score one method's reconstructions of every test shard."""
+    from .metrics.evaluate import evaluate_method
+
+    evaluate_method(a.recon, a.data, a.manifest, a.out_dir, a.method,
+                    lpips_backbone=a.lpips_backbone, inception_weights=a.inception_weights,
+                    kid_subset_size=a.kid_subset_size)
+
+
+@command
+def provenance(a: argparse.Namespace) -> None:
+    """Record config, git commit, package versions and data hashes of this run."""
+    from .report.provenance import write_provenance
+
+    write_provenance(a.output, config_json=a.config, hashed_files=a.hash)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ldpm", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("embedded", help=embedded.__doc__)
+    s.add_argument("--subject", type=int, required=True)
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--embedded", type=_json, required=True, help="the config's `embedded` block as JSON")
+    s.add_argument("--crop-size", type=int, required=True)
+    s.add_argument("--drop-last-slices", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+
+    s = sub.add_parser("preprocess", help=preprocess.__doc__)
+    s.add_argument("--input", type=Path, required=True)
+    s.add_argument("--output", type=Path, required=True)
+    s.add_argument("--crop-size", type=int, required=True)
+    s.add_argument("--drop-last-slices", type=int, required=True)
+
+    s = sub.add_parser("manifest", help=manifest.__doc__)
+    s.add_argument("--stores", type=Path, nargs="+", required=True)
+    s.add_argument("--output", type=Path, required=True)
+    s.add_argument("--split-fractions", type=_json, required=True)
+    s.add_argument("--seed", type=int, required=True)
+
+    s = sub.add_parser("test-shard", help=test_shard.__doc__)
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--shard", type=int, required=True)
+    s.add_argument("--n-shards", type=int, required=True)
+    s.add_argument("--output", type=Path, required=True)
+    s.add_argument("--acceleration", type=int, required=True)
+    s.add_argument("--center-fraction", type=float, required=True)
+    s.add_argument("--mask-seed", type=int, required=True)
+
+    s = sub.add_parser("reconstruct", help=reconstruct.__doc__)
+    s.add_argument("--method", required=True)
+    s.add_argument("--shard-data", type=Path, required=True)
+    s.add_argument("--output", type=Path, required=True)
+    s.add_argument("--checkpoint", type=Path, action="append", help="trained model folder(s)")
+    s.add_argument("--options", type=_json, default={}, help="method options as JSON")
+
+    s = sub.add_parser("evaluate", help=evaluate.__doc__)
+    s.add_argument("--method", required=True)
+    s.add_argument("--recon", type=Path, nargs="+", required=True)
+    s.add_argument("--data", type=Path, nargs="+", required=True)
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--lpips-backbone", default=None)
+    s.add_argument("--inception-weights", default=None)
+    s.add_argument("--kid-subset-size", type=int, default=1000)
+
+    s = sub.add_parser("provenance", help=provenance.__doc__)
+    s.add_argument("--output", type=Path, required=True)
+    s.add_argument("--config", required=True, help="the run's config as JSON")
+    s.add_argument("--hash", type=Path, nargs="*", default=[], help="files whose SHA-256 to record")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except LdpmInputError as e:
+        print(f"ldpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Report: reads metrics and reconstructions from results/, renders tables and figures.
+
+Never reruns a model.
+"""

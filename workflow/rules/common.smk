@@ -1,0 +1,35 @@
+# Shared definitions: validated config, the volume list, output paths.
+import json
+
+from ldpm.config import validate_config
+
+# snakemake's `validate` (in the Snakefile) checks the schema; this second pass turns a
+# violation into one message that names the key and the fix, and checks cross-key rules.
+config = validate_config(config, source="config (config/config.yaml + --config/--configfile)")
+
+ENV = str(REPO / "environment.yml")
+NOTEBOOKS = REPO / "workflow" / "notebooks"
+DATA = "results/data"
+SHARDS = list(range(config["inference"]["n_shards"]))
+METHODS = config["methods"]
+
+
+def _volumes():
+    """Volume stems and, for each, where its raw multicoil HDF5 comes from."""
+    if config["data"]["source"] == "embedded":
+        from ldpm.data.embedded import embedded_volumes
+
+        return {v.name: f"{DATA}/raw/{v.subject}/{v.name}.h5"
+                for v in embedded_volumes(config["embedded"])}
+    from ldpm.data.fastmri import list_volumes
+
+    return {p.stem: str(p) for p in list_volumes(config["data"]["fastmri_root"])}
+
+
+RAW = _volumes()
+VOLUMES = sorted(RAW)
+
+
+def as_json(value) -> str:
+    """A config block as a shell-quoted JSON argument."""
+    return "'" + json.dumps(value, sort_keys=True) + "'"

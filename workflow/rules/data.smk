@@ -1,0 +1,95 @@
+# Data: raw multicoil HDF5 -> per-volume RSS slice stores -> manifest -> test shards + masks.
+
+
+if config["data"]["source"] == "embedded":
+
+    rule embedded_subject:
+        """Build one embedded subject's fastMRI-format files from nilearn's MNI152 template."""
+        output:
+            directory(f"{DATA}/raw/{{subject}}"),
+        params:
+            index=lambda wc: int(wc.subject.lstrip("s")),
+            embedded=as_json(config["embedded"]),
+            crop=config["data"]["crop_size"],
+            drop=config["data"]["drop_last_slices"],
+            seed=config["seed"],
+        log:
+            "results/logs/embedded_subject/{subject}.log",
+        conda:
+            ENV
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        shell:
+            "ldpm embedded --subject {params.index} --out-dir {output} --embedded {params.embedded}"
+            " --crop-size {params.crop} --drop-last-slices {params.drop} --seed {params.seed}"
+            " > {log} 2>&1"
+
+    def raw_input(wildcards):
+        return str(Path(RAW[wildcards.volume]).parent)
+
+else:
+
+    def raw_input(wildcards):
+        return RAW[wildcards.volume]
+
+
+rule preprocess:
+    """RSS target slices of one volume, center-cropped, last slices dropped."""
+    input:
+        raw_input,
+    output:
+        f"{DATA}/slices/{{volume}}.h5",
+    params:
+        h5=lambda wc: RAW[wc.volume],
+        crop=config["data"]["crop_size"],
+        drop=config["data"]["drop_last_slices"],
+    log:
+        "results/logs/preprocess/{volume}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "ldpm preprocess --input {params.h5} --output {output}"
+        " --crop-size {params.crop} --drop-last-slices {params.drop} > {log} 2>&1"
+
+
+rule manifest:
+    """All slices in one table with a seeded by-subject train/val/test split."""
+    input:
+        expand(f"{DATA}/slices/{{volume}}.h5", volume=VOLUMES),
+    output:
+        f"{DATA}/manifest.csv",
+    params:
+        fractions=as_json(config["data"]["split_fractions"]),
+        seed=config["seed"],
+    log:
+        "results/logs/manifest.log",
+    conda:
+        ENV
+    shell:
+        "ldpm manifest --stores {input} --output {output} --split-fractions {params.fractions}"
+        " --seed {params.seed} > {log} 2>&1"
+
+
+rule test_shard:
+    """Test shard k with its fixed, seeded undersampling masks (stored with the data)."""
+    input:
+        f"{DATA}/manifest.csv",
+    output:
+        f"{DATA}/test/shard{{shard}}.h5",
+    params:
+        n=config["inference"]["n_shards"],
+        acc=config["masks"]["acceleration"],
+        cf=config["masks"]["center_fraction"],
+        seed=config["masks"]["seed"],
+    log:
+        "results/logs/test_shard/{shard}.log",
+    conda:
+        ENV
+    shell:
+        "ldpm test-shard --manifest {input} --shard {wildcards.shard} --n-shards {params.n}"
+        " --output {output} --acceleration {params.acc} --center-fraction {params.cf}"
+        " --mask-seed {params.seed} > {log} 2>&1"
