@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import h5py
 import numpy as np
@@ -33,7 +33,7 @@ SOURCE = "nilearn MNI152 2009 template (simulated contrast and coils)"
 #: Peak object magnitude, of the order of fastMRI's raw values (code must normalise).
 SIGNAL_SCALE = 1e-3
 #: Axial range of the cerebrum in template voxels (z axis of 189), and slab spacing (mm).
-Z_RANGE = (60.0, 140.0)
+Z_RANGE = (60.0, 135.0)
 SPACING_MM = (3.0, 5.0)
 HEAD_FILL = 0.85  # fraction of the field of view the brain spans
 
@@ -52,9 +52,9 @@ SEQUENCES: dict[str, dict[str, float]] = {
     "T2": {"TR": 4000.0, "TE": 100.0},
     "FLAIR": {"TR": 9000.0, "TE": 120.0, "TI": 2500.0},
 }
-#: Gadolinium: R1 increase r1 * C (4 /mM/s * 0.5 mM) in ms^-1, applied on a thin rim at the
+#: Gadolinium: R1 increase r1 * C (4 /mM/s * 0.25 mM) in ms^-1, applied on a thin rim at the
 #: brain surface (meninges and cortical vessels enhance; intact brain tissue does not).
-GD_DELTA_R1_PER_MS = 2.0e-3
+GD_DELTA_R1_PER_MS = 1.0e-3
 
 
 # --------------------------------------------------------------------------- names
@@ -90,8 +90,25 @@ def subject_volume_names(embedded_cfg: Mapping[str, Any], subject_index: int) ->
 
 def embedded_volume_names(embedded_cfg: Mapping[str, Any]) -> list[str]:
     """All volume names (file stems), subject by subject."""
-    return [name for i in range(int(embedded_cfg["n_subjects"]))
-            for name in subject_volume_names(embedded_cfg, i)]
+    return [v.name for v in embedded_volumes(embedded_cfg)]
+
+
+class EmbeddedVolume(NamedTuple):
+    name: str  # file stem, e.g. file_brain_AXT1_3T_s003
+    subject: str  # e.g. s003
+    subject_index: int
+    contrast: str
+    field_strength: float
+
+
+def embedded_volumes(embedded_cfg: Mapping[str, Any]) -> list[EmbeddedVolume]:
+    """Every embedded volume, subject by subject, each subject with every contrast."""
+    out = []
+    for i in range(int(embedded_cfg["n_subjects"])):
+        fs = subject_field_strength(embedded_cfg, i)
+        out += [EmbeddedVolume(volume_name(c, fs, i), subject_name(i), i, c, fs)
+                for c in embedded_cfg["contrasts"]]
+    return out
 
 
 # --------------------------------------------------------------------------- anatomy
@@ -275,8 +292,9 @@ def build_subject(subject_index: int, out_dir: str | Path, embedded_cfg: Mapping
     Every volume has ``slices_per_volume + drop_last_slices`` slices, k-space
     [slices, n_coils, 2*crop, crop] complex64 (image zero-padded to 2x readout oversampling).
     ``kspace[s, c] = fft2c(img * sens_c) + n`` with complex Gaussian noise ``n`` of
-    ``E|n|^2 = sigma^2``, ``sigma = noise_std * max|img * sens_c|``; the FFT is unitary, so
-    sigma is also the per-pixel noise of each coil image. Writes are atomic.
+    ``E|n|^2 = sigma^2``, ``sigma = noise_std * max|img| * max|sens|`` (the peak coil-image
+    magnitude, or a bound on it); the FFT is unitary, so sigma is also the per-pixel noise of
+    each coil image, whatever the matrix size. Writes are atomic.
     """
     n_subjects = int(embedded_cfg["n_subjects"])
     if not 0 <= subject_index < n_subjects:
@@ -289,7 +307,7 @@ def build_subject(subject_index: int, out_dir: str | Path, embedded_cfg: Mapping
     full = (2 * crop_size, crop_size)
     sens = coil_maps(n_coils, full, crop_size / 2, np.random.default_rng([seed, subject_index, 1]))
     top = (full[0] - crop_size) // 2  # where the reader's center crop will look
-    fov_mm = crop_size * _template()["extent_mm"] / (HEAD_FILL * crop_size)
+    fov_mm = _template()["extent_mm"] / HEAD_FILL
 
     out_dir = Path(out_dir)
     paths = []

@@ -1,0 +1,64 @@
+"""Shared data fixtures: tiny hand-made fastMRI-format multicoil files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import pytest
+
+ISMRMRD_TEMPLATE = (
+    '<?xml version="1.0" encoding="utf-8"?>'
+    '<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><acquisitionSystemInformation>'
+    "<systemVendor>SIEMENS</systemVendor>{field}</acquisitionSystemInformation>"
+    "</ismrmrdHeader>"
+)
+
+
+def reference_rss(kspace: np.ndarray, crop: int) -> np.ndarray:
+    """fastMRI's reconstruction_rss written out with plain numpy: [slices, crop, crop]."""
+    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=(-2, -1)), norm="ortho"),
+                          axes=(-2, -1))
+    rss = np.sqrt((np.abs(img) ** 2).sum(axis=1))
+    top, left = (rss.shape[-2] - crop) // 2, (rss.shape[-1] - crop) // 2
+    return rss[:, top:top + crop, left:left + crop].astype(np.float32)
+
+
+def write_fastmri_file(path: str | Path, *, n_slices: int = 5, n_coils: int = 2,
+                       shape: tuple[int, int] = (32, 16), acquisition: str | None = "AXT2",
+                       field_strength: float | None = 2.89362, patient_id: str | None = "p001",
+                       crop: int = 16, with_rss: bool = False, header: str | None = None,
+                       kspace: np.ndarray | None = None, seed: int = 0) -> Path:
+    """Write a tiny fastMRI-format multicoil file; ``header=''`` omits the ISMRMRD header."""
+    path = Path(path)
+    if kspace is None:
+        rng = np.random.default_rng(seed)
+        size = (n_slices, n_coils, *shape)
+        kspace = (rng.normal(size=size) + 1j * rng.normal(size=size)).astype(np.complex64)
+    if header is None:
+        field = ("" if field_strength is None else
+                 f"<systemFieldStrength_T>{field_strength}</systemFieldStrength_T>")
+        header = ISMRMRD_TEMPLATE.format(field=field)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=kspace)
+        if header:
+            f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode()))
+        if with_rss:
+            f.create_dataset("reconstruction_rss", data=reference_rss(kspace, crop))
+        if acquisition is not None:
+            f.attrs["acquisition"] = acquisition
+        if patient_id is not None:
+            f.attrs["patient_id"] = patient_id
+    return path
+
+
+@pytest.fixture
+def make_fastmri_file(tmp_path: Path) -> Callable[..., Path]:
+    """``make_fastmri_file(name, **kwargs)`` writes ``tmp_path/name`` (see write_fastmri_file)."""
+
+    def make(name: str = "file_brain_AXT2_200_6002000.h5", **kwargs: Any) -> Path:
+        return write_fastmri_file(tmp_path / name, **kwargs)
+
+    return make
