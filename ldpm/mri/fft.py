@@ -1,19 +1,31 @@
 """Centered, orthonormal 2-D Fourier transforms over the last two axes (fastMRI convention).
 
-``F`` in the paper's eq. (1)-(3) and (10). Work on numpy arrays and torch tensors alike.
+``F`` in the paper's eq. (1)-(3) and (10). Work on numpy arrays and torch tensors alike;
+torch is imported only when a tensor is passed, so numpy-only jobs start fast.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Union
 
-Array = np.ndarray | torch.Tensor
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Array = Union[np.ndarray, "torch.Tensor"]
+
+
+def is_tensor(x: Any) -> bool:
+    """True for a torch tensor, without importing torch for numpy inputs."""
+    return type(x).__module__.split(".")[0] == "torch"
 
 
 def fft2c(x: Array) -> Array:
     """Image -> k-space: ``fftshift(fft2(ifftshift(x)))`` with ``norm='ortho'`` (unitary)."""
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
+        import torch
+
         x = torch.fft.ifftshift(x, dim=(-2, -1))
         x = torch.fft.fft2(x, dim=(-2, -1), norm="ortho")
         return torch.fft.fftshift(x, dim=(-2, -1))
@@ -24,7 +36,9 @@ def fft2c(x: Array) -> Array:
 
 def ifft2c(k: Array) -> Array:
     """k-space -> image: the inverse of :func:`fft2c` (also unitary)."""
-    if isinstance(k, torch.Tensor):
+    if is_tensor(k):
+        import torch
+
         k = torch.fft.ifftshift(k, dim=(-2, -1))
         k = torch.fft.ifft2(k, dim=(-2, -1), norm="ortho")
         return torch.fft.fftshift(k, dim=(-2, -1))

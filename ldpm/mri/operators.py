@@ -6,15 +6,21 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .fft import Array, fft2c, ifft2c
+from .fft import Array, fft2c, ifft2c, is_tensor
 
 
 def _as_mask(mask: Array, like: Array) -> Array:
-    if isinstance(like, torch.Tensor) and not isinstance(mask, torch.Tensor):
-        mask = torch.as_tensor(np.asarray(mask), device=like.device)
-    return mask.to(torch.float32) if isinstance(mask, torch.Tensor) else mask.astype(np.float32)
+    """``mask`` as float32 of the same kind (numpy or torch, same device) as ``like``."""
+    if is_tensor(like):
+        import torch
+
+        if not is_tensor(mask):
+            mask = torch.as_tensor(np.asarray(mask))
+        return mask.to(device=like.device, dtype=torch.float32)
+    if is_tensor(mask):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask, dtype=np.float32)
 
 
 def undersample(image: Array, mask: Array) -> Array:
