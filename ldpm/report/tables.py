@@ -62,7 +62,7 @@ def numeric_table(long: pd.DataFrame, metrics: Sequence[tuple] = TABLE1_METRICS)
 def _rank_marks(values: pd.Series, higher_better: bool) -> dict[int, str]:
     """Index -> mark for best (``best``) and second best (``second``) of a column."""
     v = pd.to_numeric(values, errors="coerce").dropna()
-    if v.empty:
+    if len(v) < 2:  # nothing to compare against
         return {}
     order = v.sort_values(ascending=not higher_better).index.tolist()
     marks = {order[0]: "best"}

@@ -32,4 +32,11 @@ VOLUMES = sorted(RAW)
 
 def as_json(value) -> str:
     """A config block as a shell-quoted JSON argument."""
-    return "'" + json.dumps(value, sort_keys=True) + "'"
+    return f"'{json.dumps(value, sort_keys=True)}'"
+
+
+def raw_input(wildcards):
+    """What the preprocess job of one volume waits for: its subject folder or its file."""
+    if config["data"]["source"] == "embedded":
+        return str(Path(RAW[wildcards.volume]).parent)
+    return RAW[wildcards.volume]

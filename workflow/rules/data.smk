@@ -25,14 +25,6 @@ if config["data"]["source"] == "embedded":
             " --crop-size {params.crop} --drop-last-slices {params.drop} --seed {params.seed}"
             " > {log} 2>&1"
 
-    def raw_input(wildcards):
-        return str(Path(RAW[wildcards.volume]).parent)
-
-else:
-
-    def raw_input(wildcards):
-        return RAW[wildcards.volume]
-
 
 rule preprocess:
     """RSS target slices of one volume, center-cropped, last slices dropped."""

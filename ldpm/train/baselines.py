@@ -1,0 +1,320 @@
+"""Training, loading and inference of the Table I baselines: U-Net, E2E-VarNet, SwinMR (nPI),
+Score-MRI. All four are trained here from scratch on our nPI data (single-coil k-space of the
+RSS image); no official weights are downloaded (see :mod:`ldpm.models.varnet` on the official
+VarNet checkpoints the paper used).
+
+Data: ``images`` [N, 1, H, W] magnitudes in [0, 1]. Each step draws a batch (with replacement,
+random crops if ``crop`` is set) and per-sample 8x masks seeded ``(seed, step, i)``
+(:func:`ldpm.train.loop.undersampled_batch`), all from the shared resumable loop.
+
+Scale: every method sees its input divided by ``s = max |F^-1(k_u)|`` (per slice, from the
+measurement alone) and its output is multiplied back by ``s``, in training and at inference, so
+models trained on [0, 1] images apply to raw fastMRI magnitudes. For the U-Net (instance norm)
+and VarNet (normalised regulariser, linear DC) this changes nothing; SwinMR and the Score-MRI
+prior need it. The score prior is trained on the same ``x / s`` images.
+
+Checkpoint layout (``ckpt_dir``, see :mod:`ldpm.train.loop`): ``last.pt``, ``log.csv``,
+``meta.json`` and ``final/`` = ``config.json`` (``{"name", "config"}``: the whole method config)
++ ``model.safetensors`` (EMA weights where ``ema > 0``). :func:`load_baseline` reads ``final/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import LdpmInputError
+from ..models.score import ScoreNet, VESDE, dsm_loss
+from ..models.swinmr import SwinMR, SwinMRLoss
+from ..models.unet import UnetRecon
+from ..models.varnet import VarNet, load_official_checkpoint
+from ..mri import ifft2c
+from ..sampling.score_pc import score_pc_sample
+from .loop import random_batch, resolve_n_steps, train, undersampled_batch
+
+BASELINES = ("unet", "varnet", "swinmr", "score_mri")
+_MASKS = {"acceleration": 8, "center_fraction": 0.04}
+_COMMON = {"epochs": None, "ckpt_every": 50, "ema": 0.0, "grad_clip": None, "warmup": 0,
+           "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1, **_MASKS}
+
+#: Tiny CPU configs: each trains in about a minute on 2 cores at 64x64 crops.
+DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {**_COMMON, "model": {"chans": 8, "num_pool_layers": 3, "drop_prob": 0.0},
+             "loss": "l1", "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 4, "crop": 64,
+             "n_steps": 300},
+    "varnet": {**_COMMON, "model": {"num_cascades": 3, "chans": 6, "pools": 2},
+               "loss": "l1", "optimizer": "adam", "lr": 1e-3, "batch_size": 4, "crop": 64,
+               "n_steps": 200, "official_checkpoint": None},
+    "swinmr": {**_COMMON, "model": {"embed_dim": 16, "depths": [2], "num_heads": [2],
+                                    "window_size": 8, "mlp_ratio": 2.0},
+               "loss": {"alpha": 15.0, "beta": 0.1, "gamma": 0.0025, "charbonnier_eps": 1e-9,
+                        "vgg19_weights": None},
+               "optimizer": "adam", "lr": 1e-3, "batch_size": 4, "crop": 64, "n_steps": 150},
+    "score_mri": {**_COMMON, "model": {"block_out_channels": [8, 16, 32], "layers_per_block": 1,
+                                       "norm_num_groups": 4, "add_attention": False},
+                  "sde": {"sigma_min": 0.01, "sigma_max": 20.0},
+                  "sampler": {"n_steps": 20, "snr": 0.16, "n_corrector": 1, "eps": 1e-5},
+                  "optimizer": "adam", "lr": 2e-3, "batch_size": 4, "crop": 64, "n_steps": 200,
+                  "grad_clip": 1.0},
+}
+
+#: The published settings. fastMRI U-Net/VarNet: ``fastmri_examples`` demos (RMSprop/Adam,
+#: StepLR 40 epochs x0.1, 50 epochs, batch 1; VarNet with SSIM loss). SwinMR:
+#: ``train_swinmr_CCnpi_G1D30.json`` (Adam 2e-4, batch 8, MultiStepLR [50k, 80k, 90k, 100k]
+#: x0.5, EMA 0.999). Score-MRI: ``fastmri_knee_320_ncsnpp_continuous`` + score_sde defaults
+#: (Adam 2e-4, warmup 5000, grad clip 1, EMA 0.999, sigma 0.01..378, N 2000, snr 0.16); its
+#: batch size and epoch count are not stated in the paper: 8 and 100 are our choice.
+PAPER_CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {**_COMMON, "model": {"chans": 32, "num_pool_layers": 4, "drop_prob": 0.0},
+             "loss": "l1", "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 1, "crop": None,
+             "n_steps": None, "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000},
+    "varnet": {**_COMMON, "model": {"num_cascades": 12, "chans": 18, "pools": 4},
+               "loss": "ssim", "optimizer": "adam", "lr": 3e-4, "batch_size": 1, "crop": None,
+               "n_steps": None, "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000,
+               "official_checkpoint": None},
+    "swinmr": {**_COMMON, "model": {"embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6,
+                                    "window_size": 8, "mlp_ratio": 2.0},
+               "loss": {"alpha": 15.0, "beta": 0.1, "gamma": 0.0025, "charbonnier_eps": 1e-9,
+                        "vgg19_weights": None},
+               "optimizer": "adam", "lr": 2e-4, "batch_size": 8, "crop": None,
+               "n_steps": 100000, "lr_milestones": [50000, 80000, 90000, 100000],
+               "lr_gamma": 0.5, "ema": 0.999, "ckpt_every": 1000},
+    "score_mri": {**_COMMON, "model": {"block_out_channels": [128, 256, 256, 256],
+                                       "layers_per_block": 4, "norm_num_groups": 32,
+                                       "add_attention": True},
+                  "sde": {"sigma_min": 0.01, "sigma_max": 378.0},
+                  "sampler": {"n_steps": 2000, "snr": 0.16, "n_corrector": 1, "eps": 1e-5},
+                  "optimizer": "adam", "lr": 2e-4, "batch_size": 8, "crop": None,
+                  "n_steps": None, "epochs": 100, "warmup": 5000, "grad_clip": 1.0,
+                  "ema": 0.999, "ckpt_every": 1000},
+}
+
+
+def baseline_config(name: str, overrides: Mapping[str, Any] | None = None,
+                    preset: str = "default") -> dict[str, Any]:
+    """A deep copy of a preset's config of ``name`` with ``overrides`` (shallow per key)."""
+    _check_name(name)
+    out = copy.deepcopy({"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][name])
+    out.update(copy.deepcopy(dict(overrides or {})))
+    return out
+
+
+def _check_name(name: str) -> None:
+    if name not in BASELINES:
+        raise LdpmInputError(f"baseline {name!r}", "unknown baseline", f"use one of {BASELINES}")
+
+
+def build_model(name: str, cfg: Mapping[str, Any]) -> nn.Module:
+    """The network of baseline ``name`` from its method config (``cfg['model']``)."""
+    _check_name(name)
+    if name == "varnet":
+        load_official_checkpoint(cfg.get("official_checkpoint"))
+    cls = {"unet": UnetRecon, "varnet": VarNet, "swinmr": SwinMR, "score_mri": ScoreNet}[name]
+    return cls(cfg.get("model"))
+
+
+def sde_of(cfg: Mapping[str, Any], n_steps: int | None = None) -> VESDE:
+    sde = dict(cfg.get("sde") or {})
+    n = n_steps if n_steps is not None else (cfg.get("sampler") or {}).get("n_steps", 2000)
+    return VESDE(float(sde.get("sigma_min", 0.01)), float(sde.get("sigma_max", 378.0)), int(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches and losses
+
+
+def measurement_scale(x_u_mag: torch.Tensor) -> torch.Tensor:
+    """``s = max |F^-1(k_u)|`` per slice, shape [B, 1, 1, 1] (floored at 1e-12)."""
+    return x_u_mag.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def make_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,
+               step: int) -> dict[str, torch.Tensor]:
+    """Undersample ``x`` [B, 1, H, W] (masks seeded ``(seed, step, i)``), normalised by ``s``.
+
+    Keys: ``target`` [B, 1, H, W], ``x_u`` (zero-filled magnitude) [B, 1, H, W], ``k_u``
+    [B, H, W] complex, ``mask`` [B, W], ``scale`` [B, 1, 1, 1]; all divided by ``scale``.
+    """
+    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step)
+    s = measurement_scale(x_u)
+    return {"target": x / s, "x_u": x_u / s, "k_u": k_u[:, 0] / s[:, 0], "mask": mask[:, 0, 0],
+            "scale": s}
+
+
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win: int = 7, k1: float = 0.01,
+              k2: float = 0.03) -> torch.Tensor:
+    """fastMRI's ``SSIMLoss``: ``1 - SSIM`` with a 7x7 uniform window, range = target max."""
+    data_range = target.flatten(1).amax(1).view(-1, 1, 1, 1)
+    w = torch.ones(1, 1, win, win, dtype=pred.dtype) / win ** 2
+    cov = win ** 2 / (win ** 2 - 1)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ux, uy = F.conv2d(pred, w), F.conv2d(target, w)
+    uxx, uyy, uxy = F.conv2d(pred * pred, w), F.conv2d(target * target, w), F.conv2d(pred * target, w)
+    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
+    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    return 1 - s.mean()
+
+
+def compute_loss(name: str, model: nn.Module, batch: Mapping[str, torch.Tensor],
+                 cfg: Mapping[str, Any], generator: torch.Generator | None = None,
+                 swinmr_loss: SwinMRLoss | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch (from :func:`make_batch`) and the scalars to log."""
+    x = batch["target"]
+    if name == "score_mri":
+        loss = dsm_loss(model, x, sde_of(cfg), generator, float((cfg.get("sampler") or {}).get("eps", 1e-5)))
+        return loss, {"loss": loss.item()}
+    if name == "varnet":
+        pred = model(batch["k_u"], batch["mask"])
+    else:
+        pred = model(batch["x_u"])
+    if name == "swinmr":
+        crit = swinmr_loss if swinmr_loss is not None else SwinMRLoss(cfg.get("loss"))
+        loss, parts = crit(pred, x)
+        return loss, {"loss": loss.item(), **parts}
+    loss = ssim_loss(pred, x) if cfg.get("loss") == "ssim" else (pred - x).abs().mean()
+    return loss, {"loss": loss.item()}
+
+
+def lr_at(cfg: Mapping[str, Any], step: int, steps_per_epoch: int) -> float:
+    """Learning rate of ``step``: linear warmup, then x``lr_gamma`` at each milestone passed."""
+    lr = float(cfg["lr"])
+    if cfg.get("warmup"):
+        lr *= min((step + 1) / int(cfg["warmup"]), 1.0)
+    miles = list(cfg.get("lr_milestones") or []) + [
+        e * steps_per_epoch for e in (cfg.get("lr_milestones_epochs") or [])]
+    return lr * float(cfg.get("lr_gamma", 0.1)) ** sum(step >= m for m in miles)
+
+
+def make_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.get("optimizer", "adam") == "rmsprop":
+        return torch.optim.RMSprop(params, lr=float(cfg["lr"]))
+    return torch.optim.Adam(params, lr=float(cfg["lr"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | None,
+                   ckpt_dir: str | Path, seed: int = 0, n_steps: int | None = None,
+                   log: bool = True, stop_after: int | None = None) -> nn.Module:
+    """Train baseline ``name`` on ``images`` [N, 1, H, W] in [0, 1]; resumable from
+    ``ckpt_dir/last.pt``; writes ``ckpt_dir/final`` and returns the (EMA) model in eval mode.
+
+    ``cfg``: overrides of :data:`DEFAULT_CONFIGS` ``[name]`` (shallow per key).
+    """
+    cfg = baseline_config(name, cfg)
+    images = torch.as_tensor(images, dtype=torch.float32)
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise LdpmInputError("train images", f"shape {tuple(images.shape)}", "pass [N, 1, H, W]")
+    n_steps = resolve_n_steps(cfg, len(images), n_steps)
+    steps_per_epoch = max(1, math.ceil(len(images) / int(cfg["batch_size"])))
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(seed)
+        model = build_model(name, cfg)
+    opt = make_optimizer(cfg, model.parameters())
+    modules: dict[str, nn.Module] = {"model": model}
+    ema_decay = float(cfg.get("ema") or 0.0)
+    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
+    if ema is not None:
+        modules["ema"] = ema
+    crit = SwinMRLoss(cfg.get("loss")) if name == "swinmr" else None
+    notes = [crit.note] if crit is not None and crit.note else []
+    clip = cfg.get("grad_clip")
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        x = random_batch(images, int(cfg["batch_size"]), cfg.get("crop"), gen)
+        batch = make_batch(x, int(cfg["acceleration"]), float(cfg["center_fraction"]), seed, step)
+        loss, out = compute_loss(name, model, batch, cfg, gen, crit)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step, steps_per_epoch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1.0 - ema_decay)
+        return out
+
+    def save_final(d: Path) -> None:
+        net = ema if ema is not None else model
+        (d / "config.json").write_text(json.dumps({"name": name, "config": cfg}, indent=2) + "\n")
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()},
+                  d / "model.safetensors")
+
+    meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
+                 int(cfg["ckpt_every"]), log, f"baseline_{name}", cfg, notes, stop_after)
+    if meta["steps_done"] == n_steps:
+        return load_baseline(ckpt_dir)[0]
+    return (ema if ema is not None else model).eval()
+
+
+def load_baseline(ckpt: str | Path, expect: str | None = None) -> tuple[nn.Module, str, dict]:
+    """``(model, name, cfg)`` from a training folder (or its ``final/``); eval mode, frozen."""
+    ckpt = Path(ckpt)
+    final = ckpt if (ckpt / "model.safetensors").is_file() else ckpt / "final"
+    if not (final / "model.safetensors").is_file() or not (final / "config.json").is_file():
+        raise LdpmInputError(ckpt, "no trained baseline here (final/model.safetensors + config.json)",
+                             "run ldpm.train.baselines.train_baseline first")
+    meta = json.loads((final / "config.json").read_text())
+    name, cfg = meta["name"], meta["config"]
+    if expect is not None and name != expect:
+        raise LdpmInputError(final, f"holds a {name!r} model, not {expect!r}",
+                             f"pass the {expect} training folder")
+    model = build_model(name, cfg)
+    model.load_state_dict(load_file(final / "model.safetensors"), strict=True)
+    return model.eval().requires_grad_(False), name, cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+
+
+def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.ndarray,
+                mask: np.ndarray, options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """``k_u`` [N, H, W] complex, ``mask`` [N, W] -> magnitudes [N, H, W] float32.
+
+    ``options``: ``batch_size`` (8); Score-MRI: ``n_steps`` (N), ``snr``, ``n_corrector``,
+    ``seed`` (0; slice ``i`` of this call draws its noise from seed ``(seed, i)``).
+    """
+    opts = dict(options or {})
+    k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(torch.complex64)
+    m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32)
+    bs = int(opts.get("batch_size", 8))
+    samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in ("n_steps", "snr", "n_corrector",
+                                                                   "eps") if k in opts}}
+    seed = int(opts.get("seed", 0))
+    out = []
+    with torch.no_grad():
+        for i0 in range(0, len(k_all), bs):
+            k, m = k_all[i0:i0 + bs], m_all[i0:i0 + bs]
+            x_u = ifft2c(k).abs()[:, None]
+            s = measurement_scale(x_u)
+            k, x_u = k / s[:, 0], x_u / s
+            if name == "varnet":
+                rec = model(k, m)
+            elif name == "score_mri":
+                gens = [torch.Generator().manual_seed(
+                    int(np.random.SeedSequence([seed & 0xFFFFFFFF, i0 + j]).generate_state(1)[0]))
+                    for j in range(len(k))]
+                rec = score_pc_sample(model, k, m, sde_of(cfg, int(samp.get("n_steps", 2000))),
+                                      float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
+                                      float(samp.get("eps", 1e-5)), gens).abs()[:, None]
+            else:
+                rec = model(x_u)
+            out.append((rec * s)[:, 0].float().numpy())
+    h, w = k_all.shape[-2:]
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)

@@ -1,0 +1,80 @@
+"""Stage 4: MRControlNet's control branch, eq. 7 (paper: lr "10e-4", bs 16, patch 320, 50 epochs).
+
+``c = Sketcher(x_u, k_u, M)`` (frozen), ``c_latent = E(c)``, ``z = E(x)`` (VAE frozen), ``z_t``
+by eq. 6, and ``L = ||eps - eps_theta(z_t, "", t, c_latent)||^2``; the denoiser is frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from ..errors import LdpmInputError
+from ..models import MRControlNet, Sketcher, load_controlnet_model, save_controlnet, vae_encode
+from ..models.controlnet import NULL_EMBEDDING_FILE
+from ..sampling import base_alphas_cumprod
+from .denoiser import noisy_latents
+from .loop import freeze, random_batch, resolve_n_steps, train, undersampled_batch
+from .presets import DEFAULT_CONFIG
+
+STAGE = "controlnet"
+
+
+def controlnet_loss(model: MRControlNet, sketcher: Sketcher, vae: AutoencoderKL, x: torch.Tensor,
+                    abar: torch.Tensor, gen: torch.Generator, acceleration: int,
+                    center_fraction: float, seed: int, step: int) -> torch.Tensor:
+    """Eq. 7 for images ``x``: masks seeded ``(seed, step, i)``, ``t``/``eps`` from ``gen``."""
+    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step)
+    with torch.no_grad():
+        c_latent = vae_encode(vae, sketcher(x_u, k_u, mask))
+        z = vae_encode(vae, x)
+    z_t, t, eps = noisy_latents(z, abar, gen)
+    return F.mse_loss(model(z_t, t, c_latent), eps)
+
+
+def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
+                     sketcher: Sketcher, vae: AutoencoderKL, denoiser: UNet2DConditionModel,
+                     null_embedding: torch.Tensor, seed: int = 0, n_steps: int | None = None,
+                     log: bool = True, stop_after: int | None = None) -> MRControlNet:
+    """Train the control branch; writes ``ckpt_dir/final`` (controlnet weights + config + null
+    embedding) and returns the :class:`MRControlNet`."""
+    cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
+    n_steps = resolve_n_steps(cfg, len(images), n_steps)
+    sketcher, vae = freeze(sketcher), freeze(vae)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = MRControlNet.from_denoiser(denoiser, null_embedding)
+    opt = torch.optim.AdamW(model.controlnet.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
+    abar = base_alphas_cumprod()
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        x = random_batch(images, int(cfg["batch_size"]), cfg["crop"], gen)
+        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, int(cfg["acceleration"]),
+                               float(cfg["center_fraction"]), seed, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    def save_final(d: Path) -> None:
+        save_controlnet(model.controlnet, d)
+        save_file({"null": model.null_embedding.contiguous()}, d / NULL_EMBEDDING_FILE)
+
+    meta = train(step_fn, {"controlnet": model.controlnet}, {"opt": opt}, ckpt_dir, n_steps, seed,
+                 save_final, int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after)
+    return load_controlnet(ckpt_dir, denoiser) if meta["steps_done"] == n_steps else model.eval()
+
+
+def load_controlnet(ckpt_dir: str | Path, denoiser: UNet2DConditionModel) -> MRControlNet:
+    """The trained :class:`MRControlNet` from ``ckpt_dir/final`` on top of ``denoiser`` (eval)."""
+    final = Path(ckpt_dir) / "final"
+    if not (final / NULL_EMBEDDING_FILE).is_file():
+        raise LdpmInputError(final, "no trained controlnet here", "run the controlnet training stage")
+    cn = load_controlnet_model(final)
+    model = MRControlNet(denoiser, cn, load_file(final / NULL_EMBEDDING_FILE)["null"])
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,205 @@
+"""One generic, seeded, resumable training loop shared by every stage.
+
+Determinism: the randomness of step ``i`` (batch indices, crops, masks, noise, timesteps) comes
+only from :func:`step_generator` ``(seed, i)``, so resuming needs nothing but the weights and
+optimizer states saved in ``last.pt``: a run interrupted after k steps and resumed to n gives
+the same weights, bit for bit on CPU, as an uninterrupted n-step run.
+
+Layout of ``ckpt_dir``::
+
+    last.pt     modules + optimizers + step + log rows (torch.save), written atomically
+    log.csv     step,loss,... one row per step
+    meta.json   stage, config, seed, steps, notes (e.g. "VGG term off: ...")
+    final/      what the next stage loads (written by the stage's ``save_final``, atomically)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import LdpmInputError
+from ..io import atomic_path, write_text_atomic
+from ..mri import RandomMaskFunc, ifft2c, undersample
+
+StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of training step ``step``: seeded from ``(seed, step)`` only."""
+    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step)]).generate_state(2, np.uint32)
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(s[0]) << 32 | int(s[1]))
+    return g
+
+
+def random_batch(images: torch.Tensor, batch_size: int, crop: int | None,
+                 generator: torch.Generator) -> torch.Tensor:
+    """``batch_size`` images drawn with replacement, randomly cropped to ``crop`` (None: whole)."""
+    n, _, h, w = images.shape
+    idx = torch.randint(n, (batch_size,), generator=generator)
+    if crop is None or (crop >= h and crop >= w):
+        return images[idx].clone()
+    ch, cw = min(crop, h), min(crop, w)
+    tops = torch.randint(h - ch + 1, (batch_size,), generator=generator)
+    lefts = torch.randint(w - cw + 1, (batch_size,), generator=generator)
+    return torch.stack([images[i, :, t:t + ch, l:l + cw]
+                        for i, t, l in zip(idx.tolist(), tops.tolist(), lefts.tolist())])
+
+
+def undersampled_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,
+                       step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample 1-D random masks seeded ``(seed, step, i)``: returns ``(|x_u|, k_u, mask)``.
+
+    ``k_u = M F(x)`` (eq. 1), ``x_u = F^-1(k_u)``; ``mask`` is [B, 1, 1, W].
+    """
+    func = RandomMaskFunc([center_fraction], [acceleration])
+    w = x.shape[-1]
+    masks = np.stack([func(w, seed=(int(seed) & 0xFFFFFFFF, int(step), i)) for i in range(x.shape[0])])
+    mask = torch.from_numpy(masks).to(x.device).view(x.shape[0], 1, 1, w)
+    k_u = undersample(x, mask)
+    return ifft2c(k_u).abs().to(x.dtype), k_u, mask
+
+
+def resolve_n_steps(cfg: Mapping[str, Any], n_images: int, n_steps: int | None = None) -> int:
+    """``n_steps`` if given, else ``cfg['n_steps']``, else ``ceil(epochs * N / batch_size)``."""
+    if n_steps is not None:
+        return int(n_steps)
+    if cfg.get("n_steps") is not None:
+        return int(cfg["n_steps"])
+    if cfg.get("epochs") is not None:
+        return max(1, math.ceil(cfg["epochs"] * n_images / cfg["batch_size"]))
+    raise LdpmInputError("train config", "neither n_steps nor epochs is set", "set one of them")
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """``requires_grad_(False)`` and eval mode."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def _save_torch_atomic(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = ["step"]
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def _write_dir_atomic(final: Path, writer: Callable[[Path], None]) -> None:
+    """Run ``writer(tmp_dir)`` then move ``tmp_dir`` onto ``final`` (replacing an old one)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        writer(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
+          optimizers: Mapping[str, torch.optim.Optimizer], ckpt_dir: str | Path, n_steps: int,
+          seed: int, save_final: Callable[[Path], None], ckpt_every: int = 100,
+          log: bool = True, stage: str = "train", config: Mapping[str, Any] | None = None,
+          notes: Iterable[str] = (), stop_after: int | None = None,
+          meta_extra: Callable[[], Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Run ``step_fn(step, step_generator(seed, step))`` for steps ``[start, n_steps)``.
+
+    ``step_fn`` does the forward/backward/optimizer update and returns scalars to log (``loss``
+    first). ``modules``/``optimizers`` are the states saved in ``last.pt`` (frozen modules need
+    not be listed). Resumes from ``ckpt_dir/last.pt`` if present. ``stop_after`` ends this call
+    after that many steps (a checkpoint is written, no ``final/``), as an interruption would.
+    Writes ``final/`` via ``save_final(tmp_dir)`` once all steps are done. Returns the meta dict.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last, final = ckpt_dir / "last.pt", ckpt_dir / "final"
+    start, rows, seconds = 0, [], 0.0
+    if last.is_file():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if ckpt.get("seed") != seed or ckpt.get("stage") != stage:
+            raise LdpmInputError(last, f"was written for stage {ckpt.get('stage')!r} seed "
+                                 f"{ckpt.get('seed')}, not {stage!r} seed {seed}",
+                                 "delete the checkpoint folder or use its seed")
+        for name, m in modules.items():
+            m.load_state_dict(ckpt["modules"][name])
+        for name, o in optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][name])
+        start, rows, seconds = int(ckpt["step"]), list(ckpt["rows"]), float(ckpt.get("seconds", 0.0))
+        if start > n_steps:
+            raise LdpmInputError(last, f"holds {start} steps, more than the {n_steps} asked",
+                                 "ask for at least as many steps, or delete the checkpoint folder")
+
+    def checkpoint(step: int) -> None:
+        _save_torch_atomic({
+            "stage": stage, "seed": seed, "step": step, "rows": rows, "seconds": seconds,
+            "modules": {k: m.state_dict() for k, m in modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        }, last)
+        _write_log(ckpt_dir / "log.csv", rows)
+
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for m in modules.values():
+            m.train()
+        end = n_steps if stop_after is None else min(n_steps, start + stop_after)
+        bar = tqdm(range(start, end), desc=stage, disable=not log, initial=start, total=n_steps,
+                   leave=False)
+        t0, base = time.perf_counter(), seconds
+        for step in bar:
+            out = {k: float(v) for k, v in step_fn(step, step_generator(seed, step)).items()}
+            rows.append({"step": step, **out})
+            if log and "loss" in out:
+                bar.set_postfix(loss=f"{out['loss']:.4g}")
+            if (step + 1) % max(1, ckpt_every) == 0 or step + 1 == end:
+                seconds = base + time.perf_counter() - t0
+                checkpoint(step + 1)
+        seconds = base + time.perf_counter() - t0
+        done = end
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+
+    meta = {"stage": stage, "seed": seed, "n_steps": n_steps, "steps_done": done,
+            "seconds": round(seconds, 3), "config": _jsonable(dict(config or {})),
+            "notes": list(notes), "torch": torch.__version__}
+    if done == n_steps and (not final.is_dir() or done > start):
+        for m in modules.values():
+            m.eval()
+        _write_dir_atomic(final, save_final)
+    if meta_extra is not None:
+        meta.update(_jsonable(dict(meta_extra())))
+    write_text_atomic(ckpt_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+    return meta

@@ -1,0 +1,91 @@
+"""Stage configs in one place: ``DEFAULT_CONFIG`` (tiny, CPU, minutes) and ``PAPER_CONFIG``.
+
+Each stage's dict is what ``train_<stage>(images, cfg, ...)`` takes; ``model`` holds the
+network's own config. A stage trains for ``n_steps`` if set, else ``ceil(epochs * N / batch_size)``.
+``crop: null`` trains on whole images. The ``sampler`` dict feeds ``DualStageSampler``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_MASKS = {"acceleration": 8, "center_fraction": 0.04}  # paper: 8x, fastMRI's 0.04
+
+DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
+    "sketcher": {
+        "model": {"in_channels": 1, "out_channels": 1, "embed_dim": 32, "depths": [2, 2],
+                  "num_heads": [2, 2], "window_size": 8, "mlp_ratio": 2.0, "unshuffle_scale": 1,
+                  "img_range": 1.0},
+        "lr": 5e-4, "batch_size": 4, "crop": 64, "n_steps": 200, "epochs": None,
+        "ckpt_every": 50, **_MASKS,
+    },
+    "vae": {
+        "model": {"block_out_channels": [32, 32, 64, 64], "layers_per_block": 1,
+                  "latent_channels": 4, "norm_num_groups": 16, "scaling_factor": 0.18215,
+                  "mid_block_add_attention": True},
+        "lr": 1e-3, "disc_lr": 2e-4, "batch_size": 4, "crop": 64, "n_steps": 300, "epochs": None,
+        "ckpt_every": 100,
+        "loss_weights": {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65},  # eq. 5
+        "disc": {"ndf": 16, "n_layers": 2}, "disc_start": 200,
+        # A VAE trained from scratch has no SD-like latent scale: set scaling_factor = 1/std of
+        # the training latents after training (as SD's 0.18215 was obtained).
+        "fit_scaling_factor": True,
+    },
+    "denoiser": {
+        "model": {"block_out_channels": [32, 64], "layers_per_block": 1,
+                  "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                  "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 16,
+                  "latent_channels": 4},
+        "lr": 1e-3, "batch_size": 8, "crop": None, "flip": True, "n_steps": 300, "epochs": None,
+        "ckpt_every": 100,
+    },
+    "controlnet": {
+        "lr": 5e-4, "batch_size": 4, "crop": 64, "n_steps": 200, "epochs": None,
+        "ckpt_every": 50, **_MASKS,
+    },
+    "sampler": {"n_steps": 25, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive"},
+}
+
+#: The paper's sizes (III-A-2) with SD 2-1-base (a local diffusers folder, ``sd_path``).
+PAPER_CONFIG: dict[str, dict[str, Any]] = {
+    "sketcher": {
+        # DiffBIR's stage-1 SwinIR (embed 180, 8 RSTBs of 6 blocks, 6 heads, window 8,
+        # pixel-unshuffle 8 + nearest+conv upsampling), on 1-channel MR magnitudes.
+        "model": {"in_channels": 1, "out_channels": 1, "embed_dim": 180, "depths": [6] * 8,
+                  "num_heads": [6] * 8, "window_size": 8, "mlp_ratio": 2.0, "unshuffle_scale": 8,
+                  "img_range": 1.0},
+        "lr": 1e-4, "batch_size": 8, "crop": None, "n_steps": None, "epochs": 30,
+        "ckpt_every": 1000, **_MASKS,
+    },
+    "vae": {
+        "model": None,  # fine-tuned from SD 2-1-base's vae (sd_path)
+        "lr": 1e-5, "disc_lr": 1e-5, "batch_size": 8, "crop": None, "n_steps": None, "epochs": 50,
+        "ckpt_every": 1000,
+        "loss_weights": {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65},
+        "disc": {"ndf": 64, "n_layers": 3}, "disc_start": 0,
+        "fit_scaling_factor": False,  # keep SD's 0.18215
+    },
+    "denoiser": {
+        "model": None,  # SD 2-1-base's unet (sd_path), frozen; not trained
+        "lr": None, "batch_size": None, "crop": None, "flip": False, "n_steps": 0, "epochs": None,
+        "ckpt_every": 1000,
+    },
+    "controlnet": {
+        # The paper writes "lr = 10e-4" (literally 1e-3); DiffBIR's IRControlNet uses 1e-4.
+        "lr": 1e-3, "batch_size": 16, "crop": 320, "n_steps": None, "epochs": 50,
+        "ckpt_every": 1000, **_MASKS,
+    },
+    # The paper does not give the number of sampling steps; 50 is DiffBIR's default.
+    "sampler": {"n_steps": 50, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive"},
+}
+
+
+def stage_config(stage: str, overrides: dict[str, Any] | None = None,
+                 preset: str = "default") -> dict[str, Any]:
+    """A deep copy of a preset stage config with ``overrides`` (shallow per key) applied."""
+    base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
+    out = copy.deepcopy(base)
+    out.update(copy.deepcopy(overrides or {}))
+    return out

@@ -1,0 +1,65 @@
+"""Stage 1: the Sketcher's repair model R, ``L1(R(x_u), x)`` (paper: lr 1e-4, bs 8, 30 epochs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import LdpmInputError
+from ..models import Sketcher, SwinIR
+from .loop import random_batch, resolve_n_steps, train, undersampled_batch
+from .presets import DEFAULT_CONFIG
+
+STAGE = "sketcher"
+
+
+def sketcher_loss(model: Sketcher, x: torch.Tensor, acceleration: int, center_fraction: float,
+                  seed: int, step: int) -> torch.Tensor:
+    """``||R(x_u) - x||_1`` (mean) with masks seeded ``(seed, step, i)``."""
+    x_u, _, _ = undersampled_batch(x, acceleration, center_fraction, seed, step)
+    return (model.repair(x_u) - x).abs().mean()
+
+
+def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
+                   seed: int = 0, n_steps: int | None = None, log: bool = True,
+                   stop_after: int | None = None) -> Sketcher:
+    """Train R on ``images`` [N, 1, H, W] in [0, 1]; writes ``ckpt_dir/final/{config.json,
+    model.safetensors}`` and returns the trained :class:`Sketcher`."""
+    cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
+    n_steps = resolve_n_steps(cfg, len(images), n_steps)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Sketcher(SwinIR(cfg["model"]))
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        x = random_batch(images, int(cfg["batch_size"]), cfg["crop"], gen)
+        loss = sketcher_loss(model, x, int(cfg["acceleration"]), float(cfg["center_fraction"]),
+                             seed, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    def save_final(d: Path) -> None:
+        (d / "config.json").write_text(json.dumps(model.repair.config, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in model.repair.state_dict().items()},
+                  d / "model.safetensors")
+
+    meta = train(step_fn, {"model": model}, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
+                 int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after)
+    return load_sketcher(ckpt_dir) if meta["steps_done"] == n_steps else model.eval()
+
+
+def load_sketcher(ckpt_dir: str | Path) -> Sketcher:
+    """The trained Sketcher from ``ckpt_dir/final`` (eval mode, frozen)."""
+    final = Path(ckpt_dir) / "final"
+    if not (final / "model.safetensors").is_file():
+        raise LdpmInputError(final, "no trained sketcher here", "run the sketcher training stage")
+    repair = SwinIR(json.loads((final / "config.json").read_text()))
+    repair.load_state_dict(load_file(final / "model.safetensors"), strict=True)
+    return Sketcher(repair).eval().requires_grad_(False)

@@ -1,0 +1,205 @@
+"""Baselines of Table I: U-Net, E2E-VarNet, SwinMR (nPI), Score-MRI (tiny sizes, CPU, seconds)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import ldpm.methods_baselines  # noqa: F401  (registers the baselines)
+import ldpm.sampling.score_pc as score_pc
+from ldpm.errors import LdpmInputError
+from ldpm.methods import METHODS, measure, reconstruct_shard
+from ldpm.models.score import ScoreNet, VESDE
+from ldpm.models.swinmr import SwinMR, SwinMRLoss
+from ldpm.models.unet import UnetRecon
+from ldpm.models.varnet import VarNet, VarNetBlock
+from ldpm.mri import RandomMaskFunc, fft2c, ifft2c, undersample
+from ldpm.train.baselines import (BASELINES, baseline_config, build_model, compute_loss,
+                                  load_baseline, make_batch, train_baseline)
+
+TINY = {
+    "unet": {"model": {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0}},
+    "varnet": {"model": {"num_cascades": 2, "chans": 4, "pools": 2}},
+    "swinmr": {"model": {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8,
+                         "mlp_ratio": 2.0}},
+    "score_mri": {"model": {"block_out_channels": [8, 16], "layers_per_block": 1,
+                            "norm_num_groups": 4, "add_attention": False},
+                  "sampler": {"n_steps": 3, "snr": 0.16, "n_corrector": 1, "eps": 1e-5}},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Blobby phantoms in [0, 1]: a disc with a few brighter ellipses."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    out = np.zeros((n, 1, size, size), np.float32)
+    for i in range(n):
+        img = 0.4 * (xx ** 2 + yy ** 2 < 0.8)
+        for _ in range(3):
+            cx, cy, r = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(0.1, 0.3)
+            img = img + 0.3 * (((xx - cx) / r) ** 2 + ((yy - cy) / (0.6 * r)) ** 2 < 1)
+        out[i, 0] = img / img.max()
+    return torch.from_numpy(out)
+
+
+def mask_batch(n: int, w: int, seed: int = 0) -> torch.Tensor:
+    func = RandomMaskFunc([0.04], [8])
+    return torch.from_numpy(np.stack([func(w, seed=(seed, i)) for i in range(n)]))
+
+
+# ---------------------------------------------------------------------------------- shapes
+
+
+def test_forward_shapes():
+    x = torch.rand(2, 1, 24, 40)
+    assert UnetRecon(TINY["unet"]["model"])(x).shape == x.shape
+    assert UnetRecon({"chans": 4, "num_pool_layers": 2})(torch.rand(1, 1, 30, 34)).shape == (1, 1, 30, 34)
+    assert SwinMR(TINY["swinmr"]["model"])(x).shape == x.shape
+    mask = mask_batch(2, 40)
+    k_u = undersample(x[:, 0], mask[:, None, :]).to(torch.complex64)
+    assert VarNet(TINY["varnet"]["model"])(k_u, mask).shape == x.shape
+    score = ScoreNet(TINY["score_mri"]["model"])(x, torch.tensor([0.5, 3.0]))
+    assert score.shape == x.shape and torch.isfinite(score).all()
+
+
+# ------------------------------------------------------------------------ physics / sampler
+
+
+class _Zero(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_varnet_dc_keeps_sampled_kspace():
+    torch.manual_seed(0)
+    x = smooth_images(2, 32)[:, 0]
+    mask = mask_batch(2, 32)
+    m = mask[:, None, :]
+    k_u = undersample(x, m).to(torch.complex64)
+    k = torch.randn(2, 32, 32, dtype=torch.complex64)  # an arbitrary current estimate
+    block = VarNetBlock(_Zero())
+    with torch.no_grad():
+        block.dc_weight.fill_(1.0)
+        out = block(k, k_u, m)
+    sampled = m.expand_as(k) > 0
+    torch.testing.assert_close(out[sampled], k_u[sampled])   # measured lines replaced by k_u
+    torch.testing.assert_close(out[~sampled], k[~sampled])   # the rest untouched
+    # a whole VarNet with zero regularisers returns the zero-filled image
+    net = VarNet({"num_cascades": 2, "chans": 4, "pools": 2})
+    for c in net.cascades:
+        c.model = _Zero()
+    with torch.no_grad():
+        torch.testing.assert_close(net(k_u, mask)[:, 0], ifft2c(k_u).abs())
+
+
+def test_score_sampler_applies_dc_every_step(monkeypatch):
+    x = smooth_images(2, 32)[:, 0]
+    mask = mask_batch(2, 32, seed=3)
+    k_u = undersample(x, mask[:, None, :]).to(torch.complex64)
+    calls = []
+    real_dc = score_pc.data_consistency
+
+    def counting_dc(image, k, m):
+        calls.append(1)
+        return real_dc(image, k, m)
+
+    monkeypatch.setattr(score_pc, "data_consistency", counting_dc)
+    sde = VESDE(0.01, 5.0, N=4)
+    score_fn = lambda xt, sigma: -xt / (sigma[:, None, None, None] ** 2 + 1)  # a Gaussian prior
+    out = score_pc.score_pc_sample(score_fn, k_u, mask, sde, n_corrector=2)
+    assert len(calls) == 1 + sde.N * (2 + 1) + 1
+    sampled = mask[:, None, :].expand(2, 32, 32) > 0
+    torch.testing.assert_close(fft2c(out)[sampled], k_u[sampled], atol=1e-5, rtol=1e-4)
+    assert fft2c(out)[~sampled].abs().max() > 1e-3  # the prior filled the rest
+    # deterministic given the generators
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]
+    a = score_pc.score_pc_sample(score_fn, k_u, mask, sde, generators=gens())
+    b = score_pc.score_pc_sample(score_fn, k_u, mask, sde, generators=gens())
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_official_varnet_checkpoint_refused(tmp_path):
+    cfg = baseline_config("varnet", {"official_checkpoint": str(tmp_path / "varnet_knee_mc.pt")})
+    with pytest.raises(LdpmInputError, match="multicoil"):
+        build_model("varnet", cfg)
+
+
+def test_swinmr_loss_terms():
+    crit = SwinMRLoss({"vgg19_weights": None})
+    assert crit.note is not None and "VGG19" in crit.note   # perceptual term off, and said so
+    x = smooth_images(2, 16)
+    total, parts = crit(x, x)
+    assert parts["image"] < 1e-3 and parts["freq"] < 1e-3 and parts["perc"] == 0
+    total2, parts2 = crit(x + 0.1, x)
+    assert total2 > total and parts2["freq"] > 0
+    with pytest.raises(LdpmInputError):
+        SwinMRLoss({"vgg19_weights": "/nonexistent/vgg19.pth"})
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_training_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    cfg = baseline_config(name, TINY[name])
+    model = build_model(name, cfg).train()
+    batch = make_batch(smooth_images(2, 32), 8, 0.04, seed=0, step=0)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = compute_loss(name, model, batch, cfg, torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_registry_reconstructs_a_shard(tmp_path):
+    images = smooth_images(6, 32)
+    target = images[:3, 0].numpy() * 1e-4          # raw fastMRI-like scale
+    mask = mask_batch(3, 32, seed=7).numpy().astype(np.float32)
+    shard = tmp_path / "shard.h5"
+    with h5py.File(shard, "w") as f:
+        f["target"], f["mask"] = target, mask
+        f["volume"] = np.array([b"v0"] * 3)
+        f["slice"] = np.arange(3)
+    for name in BASELINES:
+        assert name in METHODS
+        ckpt = tmp_path / name
+        cfg = {**TINY[name], "crop": None, "batch_size": 2, "ckpt_every": 1}
+        train_baseline(name, images, cfg, ckpt, seed=0, n_steps=2, log=False)
+        assert (ckpt / "final" / "model.safetensors").is_file() and (ckpt / "log.csv").is_file()
+        out = tmp_path / f"{name}.h5"
+        reconstruct_shard(name, shard, out, [ckpt], {"seed": 1})
+        with h5py.File(out, "r") as f:
+            recon = f["recon"][()]
+        assert recon.shape == target.shape and recon.dtype == np.float32
+        assert np.isfinite(recon).all()
+        again = METHODS[name](measure(target, mask), mask, [ckpt / "final"], {"seed": 1})
+        np.testing.assert_array_equal(again, recon)   # deterministic
+    with pytest.raises(LdpmInputError, match="not 'unet'"):
+        load_baseline(tmp_path / "varnet", expect="unet")
+
+
+def test_training_resumes_bit_for_bit(tmp_path):
+    images = smooth_images(4, 32)
+    cfg = {**TINY["unet"], "crop": 16, "batch_size": 2, "ckpt_every": 1}
+    train_baseline("unet", images, cfg, tmp_path / "a", seed=3, n_steps=4, log=False)
+    train_baseline("unet", images, cfg, tmp_path / "b", seed=3, n_steps=4, log=False, stop_after=2)
+    assert not (tmp_path / "b" / "final").exists()
+    train_baseline("unet", images, cfg, tmp_path / "b", seed=3, n_steps=4, log=False)
+    a = load_baseline(tmp_path / "a")[0].state_dict()
+    b = load_baseline(tmp_path / "b")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,201 @@
+"""Training: each stage lowers its loss; interrupted + resumed runs are bit-identical."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ldpm.models import NullContextEps, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
+from ldpm.models.vae import VGG_OFF_NOTE
+from ldpm.sampling import base_alphas_cumprod
+from ldpm.train import (load_controlnet, load_denoiser, load_sketcher, load_vae, step_generator,
+                        train, train_controlnet, train_denoiser, train_sketcher, train_vae)
+from ldpm.train.controlnet import controlnet_loss
+from ldpm.train.denoiser import denoiser_loss, encode_images
+from ldpm.train.sketcher import sketcher_loss
+from ldpm.train.vae import vae_losses
+
+TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8}
+TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
+TINY_UNET = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8,
+             "attention_head_dim": 4}
+MASK = {"acceleration": 4, "center_fraction": 0.08}
+CFG = {
+    "sketcher": {"model": TINY_SWIN, "lr": 3e-3, "batch_size": 2, "crop": 32, "ckpt_every": 2, **MASK},
+    "vae": {"model": TINY_VAE, "lr": 3e-3, "disc_lr": 1e-3, "batch_size": 2, "crop": 32,
+            "ckpt_every": 2, "disc": {"ndf": 8, "n_layers": 1}, "disc_start": 3},
+    "denoiser": {"model": TINY_UNET, "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2},
+    "controlnet": {"lr": 3e-3, "batch_size": 2, "crop": 32, "ckpt_every": 2, **MASK},
+}
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """Four smooth 32x32 'slices' in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    out = []
+    for _ in range(4):
+        c = torch.rand(3, 2, generator=g) - 0.5
+        img = sum(torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1) for cx, cy in c.tolist())
+        img = img * ((xx ** 2 + yy ** 2) < 0.8).float()
+        out.append(img / img.max())
+    return torch.stack(out)[:, None].float()
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    """A tiny random VAE, Sketcher and denoiser for the later stages."""
+    torch.manual_seed(0)
+    vae = build_vae(TINY_VAE).eval().requires_grad_(False)
+    sk = Sketcher(SwinIR(TINY_SWIN)).eval().requires_grad_(False)
+    unet = build_denoiser(TINY_UNET).eval().requires_grad_(False)
+    return vae, sk, unet, null_text_embedding(unet)
+
+
+def _run(stage, images, frozen, ckpt_dir, n_steps, stop_after=None):
+    vae, sk, unet, null = frozen
+    cfg, kw = CFG[stage], {"seed": 3, "n_steps": n_steps, "log": False, "stop_after": stop_after}
+    if stage == "sketcher":
+        return train_sketcher(images, cfg, ckpt_dir, **kw)
+    if stage == "vae":
+        return train_vae(images, cfg, ckpt_dir, **kw)
+    if stage == "denoiser":
+        return train_denoiser(images, cfg, ckpt_dir, vae, **kw)
+    return train_controlnet(images, cfg, ckpt_dir, sk, vae, unet, null, **kw)
+
+
+def _fixed_loss(stage, model, images, frozen) -> float:
+    vae, sk, unet, null = frozen
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        if stage == "sketcher":
+            return sketcher_loss(model, images, 4, 0.08, seed=9, step=0).item()
+        if stage == "vae":
+            return vae_losses(model, None, _VGG_OFF, images, gen, _W, use_gan=False)["loss"].item()
+        if stage == "denoiser":
+            z = encode_images(vae, images).repeat(4, 1, 1, 1)
+            return denoiser_loss(NullContextEps(model[0], model[1]), z, base_alphas_cumprod(), gen).item()
+        return controlnet_loss(model, sk, vae, images.repeat(3, 1, 1, 1), base_alphas_cumprod(), gen,
+                               4, 0.08, seed=9, step=0).item()
+
+
+class _NoVGG:
+    enabled = False
+
+
+_VGG_OFF, _W = _NoVGG(), {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65}
+
+
+@pytest.mark.parametrize("stage,n_steps", [("sketcher", 15), ("vae", 12), ("denoiser", 15),
+                                           ("controlnet", 12)])
+def test_stage_lowers_its_loss(stage, n_steps, images, frozen, tmp_path):
+    if stage == "vae":
+        CFG["vae"]["disc_start"] = 3  # GAN on for the last steps: the update must still run
+    init = _run(stage, images, frozen, tmp_path, n_steps, stop_after=0)  # untrained, seeded init
+    before = _fixed_loss(stage, init, images, frozen)
+    trained = _run(stage, images, frozen, tmp_path, n_steps)
+    after = _fixed_loss(stage, trained, images, frozen)
+    assert after < 0.9 * before, (stage, before, after)
+    final = tmp_path / "final"
+    assert final.is_dir() and (tmp_path / "last.pt").is_file()
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["steps_done"] == n_steps and meta["stage"] == stage
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(n_steps)) and "loss" in rows[0]
+    if stage == "vae":
+        assert VGG_OFF_NOTE in meta["notes"] and "scaling_factor" in meta
+        assert float(rows[-1]["d_loss"]) > 0  # the discriminator was trained
+        assert load_vae(tmp_path).config.scaling_factor == pytest.approx(meta["scaling_factor"])
+
+
+def _weights(stage, ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    final = ckpt_dir / "final"
+    name = "model.safetensors" if stage == "sketcher" else "diffusion_pytorch_model.safetensors"
+    return load_file(final / name)
+
+
+@pytest.mark.parametrize("stage", ["sketcher", "vae", "controlnet"])
+def test_interrupted_and_resumed_run_is_bit_identical(stage, images, frozen, tmp_path):
+    n, k = 6, 3
+    _run(stage, images, frozen, tmp_path / "a", n)
+    part = _run(stage, images, frozen, tmp_path / "b", n, stop_after=k)
+    assert not (tmp_path / "b" / "final").exists()
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["steps_done"] == k
+    del part
+    _run(stage, images, frozen, tmp_path / "b", n)  # resumes from last.pt (step 3, ckpt_every 2: step 2 redone... )
+    wa, wb = _weights(stage, tmp_path / "a"), _weights(stage, tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[key], wb[key]) for key in wa)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+
+
+def test_loop_resumes_after_a_crash_bit_identically(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 1)
+        return net, torch.optim.Adam(net.parameters(), lr=0.1)
+
+    def runner(net, opt, crash_at=None):
+        def step_fn(step, gen):
+            if step == crash_at:
+                raise RuntimeError("simulated crash")
+            x = torch.randn(8, 4, generator=gen)
+            loss = ((net(x) - x.sum(1, keepdim=True)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"loss": loss.item()}
+        return step_fn
+
+    def save(net):
+        return lambda d: torch.save(net.state_dict(), d / "w.pt")
+
+    net, opt = make()
+    train(runner(net, opt), {"net": net}, {"opt": opt}, tmp_path / "a", 9, 1, save(net), 4, log=False)
+    net2, opt2 = make()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(runner(net2, opt2, crash_at=6), {"net": net2}, {"opt": opt2}, tmp_path / "b", 9, 1,
+              save(net2), 4, log=False)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["step"] == 4
+    net3, opt3 = make()  # a fresh process: weights come from last.pt only
+    train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 1, save(net3), 4,
+          log=False)
+    wa = torch.load(tmp_path / "a" / "final" / "w.pt")
+    wb = torch.load(tmp_path / "b" / "final" / "w.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    rows = list(csv.DictReader((tmp_path / "b" / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(9))
+    # a finished run is not redone, and another seed cannot resume it
+    before = (tmp_path / "b" / "final" / "w.pt").stat().st_mtime_ns
+    train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 1, save(net3), 4, log=False)
+    assert (tmp_path / "b" / "final" / "w.pt").stat().st_mtime_ns == before
+    with pytest.raises(Exception, match="seed"):
+        train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 2, save(net3), 4,
+              log=False)
+
+
+def test_step_generator_depends_only_on_seed_and_step():
+    a = torch.rand(3, generator=step_generator(0, 5))
+    assert torch.equal(a, torch.rand(3, generator=step_generator(0, 5)))
+    assert not torch.equal(a, torch.rand(3, generator=step_generator(0, 6)))
+    assert not torch.equal(a, torch.rand(3, generator=step_generator(1, 5)))
+
+
+def test_loaders_roundtrip(images, frozen, tmp_path):
+    vae, sk, unet, null = frozen
+    s = _run("sketcher", images, frozen, tmp_path / "s", 1)
+    assert torch.equal(load_sketcher(tmp_path / "s").repair.conv_first.weight, s.repair.conv_first.weight)
+    u, n = _run("denoiser", images, frozen, tmp_path / "d", 1)
+    u2, n2 = load_denoiser(tmp_path / "d")
+    assert torch.equal(n, n2) and torch.equal(u.conv_in.weight, u2.conv_in.weight)
+    m = _run("controlnet", images, frozen, tmp_path / "c", 1)
+    m2 = load_controlnet(tmp_path / "c", unet)
+    z, c = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(m(z, 500, c), m2(z, 500, c))
