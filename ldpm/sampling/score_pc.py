@@ -12,6 +12,12 @@ single-coil images), with Song et al.'s reverse-diffusion predictor and Langevin
 * output (``denoise=True``): ``DC[x_mean, k_u, M]`` of the last predictor step, complex; the
   registry reports its magnitude.
 
+``predictor='ancestral'`` swaps in ``score_sde``'s ancestral-sampling predictor for the VE-SDE
+(same mean update, injected noise std ``sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2)) / sigma_i``
+instead of ``G``): it keeps the state's noise at ``sigma_{i-1}`` even for a few dozen steps, where
+the reverse-diffusion predictor leaves the state noisier than the level the score is evaluated
+at. The two coincide as ``N`` grows; Score-MRI's own setting is reverse diffusion with N = 2000.
+
 ``DC[x, k_u, M] = F^-1{F[x](1 - M) + k_u M}`` is :func:`ldpm.mri.data_consistency` (eq. 3).
 The state stays real-valued by taking the **real part** after each DC, as the official code
 does: the VE-SDE state ``x + sigma z`` takes negative values, and a magnitude would rectify the

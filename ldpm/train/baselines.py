@@ -3,9 +3,12 @@ Score-MRI. All four are trained here from scratch on our nPI data (single-coil k
 RSS image); no official weights are downloaded (see :mod:`ldpm.models.varnet` on the official
 VarNet checkpoints the paper used).
 
-Data: ``images`` [N, 1, H, W] magnitudes in [0, 1]. Each step draws a batch (with replacement,
-random crops if ``crop`` is set) and per-sample 8x masks seeded ``(seed, step, i)``
-(:func:`ldpm.train.loop.undersampled_batch`), all from the shared resumable loop.
+Data: ``images`` [N, 1, H, W] magnitudes in [0, 1]. Each step draws a batch (with replacement)
+and per-sample 8x masks seeded ``(seed, step, i)`` (:func:`ldpm.train.loop.undersampled_batch`),
+all from the shared resumable loop. ``crop`` (random ``crop x crop`` windows): the U-Net and
+SwinMR are undersampled on whole images and the (zero-filled, target) pair is cropped after
+(:func:`crop_pair`), so the aliasing keeps the test scale; VarNet works on k-space and the score
+prior sees no measurement, so for them the image is cropped first (VarNet's default: no crop).
 
 Scale: every method sees its input divided by ``s = max |F^-1(k_u)|`` (per slice, from the
 measurement alone) and its output is multiplied back by ``s``, in training and at inference, so
@@ -46,24 +49,29 @@ _MASKS = {"acceleration": 8, "center_fraction": 0.04}
 _COMMON = {"epochs": None, "ckpt_every": 50, "ema": 0.0, "grad_clip": None, "warmup": 0,
            "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1, **_MASKS}
 
-#: Tiny CPU configs: each trains in about a minute on 2 cores at 64x64 crops.
+#: Tiny CPU configs: each trains in about a minute on one core (64x64 crops where they help;
+#: the U-Net's instance normalisation and VarNet's k-space need whole images).
 DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
     "unet": {**_COMMON, "model": {"chans": 8, "num_pool_layers": 3, "drop_prob": 0.0},
-             "loss": "l1", "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 4, "crop": 64,
+             "loss": "l1", "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 2, "crop": None,
              "n_steps": 300},
     "varnet": {**_COMMON, "model": {"num_cascades": 3, "chans": 6, "pools": 2},
-               "loss": "l1", "optimizer": "adam", "lr": 1e-3, "batch_size": 4, "crop": 64,
-               "n_steps": 200, "official_checkpoint": None},
+               "loss": "l1", "optimizer": "adam", "lr": 2e-3, "batch_size": 2, "crop": None,
+               "n_steps": 150, "official_checkpoint": None},
     "swinmr": {**_COMMON, "model": {"embed_dim": 16, "depths": [2], "num_heads": [2],
                                     "window_size": 8, "mlp_ratio": 2.0},
                "loss": {"alpha": 15.0, "beta": 0.1, "gamma": 0.0025, "charbonnier_eps": 1e-9,
                         "vgg19_weights": None},
-               "optimizer": "adam", "lr": 1e-3, "batch_size": 4, "crop": 64, "n_steps": 150},
+               "optimizer": "adam", "lr": 2e-3, "batch_size": 4, "crop": 64, "n_steps": 200},
     "score_mri": {**_COMMON, "model": {"block_out_channels": [8, 16, 32], "layers_per_block": 1,
                                        "norm_num_groups": 4, "add_attention": False},
                   "sde": {"sigma_min": 0.01, "sigma_max": 20.0},
-                  "sampler": {"n_steps": 20, "snr": 0.16, "n_corrector": 1, "eps": 1e-5},
-                  "optimizer": "adam", "lr": 2e-3, "batch_size": 4, "crop": 64, "n_steps": 200,
+                  # N = 20 only: the ancestral predictor keeps the marginal noise level right
+                  # at so few steps, where the official reverse-diffusion one lags (see
+                  # ldpm.sampling.score_pc); the paper preset uses the official one, N = 2000.
+                  "sampler": {"n_steps": 20, "snr": 0.16, "n_corrector": 1, "eps": 1e-5,
+                              "predictor": "ancestral"},
+                  "optimizer": "adam", "lr": 2e-3, "batch_size": 4, "crop": 64, "n_steps": 600,
                   "grad_clip": 1.0},
 }
 
@@ -92,7 +100,8 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
                                        "layers_per_block": 4, "norm_num_groups": 32,
                                        "add_attention": True},
                   "sde": {"sigma_min": 0.01, "sigma_max": 378.0},
-                  "sampler": {"n_steps": 2000, "snr": 0.16, "n_corrector": 1, "eps": 1e-5},
+                  "sampler": {"n_steps": 2000, "snr": 0.16, "n_corrector": 1, "eps": 1e-5,
+                              "predictor": "reverse_diffusion"},
                   "optimizer": "adam", "lr": 2e-4, "batch_size": 8, "crop": None,
                   "n_steps": None, "epochs": 100, "warmup": 5000, "grad_clip": 1.0,
                   "ema": 0.999, "ckpt_every": 1000},
@@ -148,6 +157,23 @@ def make_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed:
     s = measurement_scale(x_u)
     return {"target": x / s, "x_u": x_u / s, "k_u": k_u[:, 0] / s[:, 0], "mask": mask[:, 0, 0],
             "scale": s}
+
+
+def crop_pair(batch: Mapping[str, torch.Tensor], crop: int,
+              generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The same random ``crop x crop`` window of ``target`` and ``x_u`` per sample.
+
+    Image-domain baselines (U-Net, SwinMR) are undersampled on the whole image and cropped
+    afterwards, so that the aliasing they learn to remove has the test images' scale (cropping
+    first would alias at the crop's width). ``k_u``/``mask`` no longer match and are dropped.
+    """
+    x, x_u = batch["target"], batch["x_u"]
+    b, _, h, w = x.shape
+    ch, cw = min(crop, h), min(crop, w)
+    tops = torch.randint(h - ch + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(w - cw + 1, (b,), generator=generator).tolist()
+    pick = lambda t: torch.stack([t[i, :, a:a + ch, c:c + cw] for i, (a, c) in enumerate(zip(tops, lefts))])
+    return {"target": pick(x), "x_u": pick(x_u), "scale": batch["scale"]}
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win: int = 7, k1: float = 0.01,
@@ -232,9 +258,14 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
     notes = [crit.note] if crit is not None and crit.note else []
     clip = cfg.get("grad_clip")
 
+    image_domain = name in ("unet", "swinmr")
+
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, int(cfg["batch_size"]), cfg.get("crop"), gen)
+        crop = cfg.get("crop")
+        x = random_batch(images, int(cfg["batch_size"]), None if image_domain else crop, gen)
         batch = make_batch(x, int(cfg["acceleration"]), float(cfg["center_fraction"]), seed, step)
+        if image_domain and crop:
+            batch = crop_pair(batch, int(crop), gen)
         loss, out = compute_loss(name, model, batch, cfg, gen, crit)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, steps_per_epoch)
@@ -288,14 +319,14 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
     """``k_u`` [N, H, W] complex, ``mask`` [N, W] -> magnitudes [N, H, W] float32.
 
     ``options``: ``batch_size`` (8); Score-MRI: ``n_steps`` (N), ``snr``, ``n_corrector``,
-    ``seed`` (0; slice ``i`` of this call draws its noise from seed ``(seed, i)``).
+    ``predictor``, ``seed`` (0; slice ``i`` of this call draws its noise from seed ``(seed, i)``).
     """
     opts = dict(options or {})
     k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(torch.complex64)
     m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32)
     bs = int(opts.get("batch_size", 8))
-    samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in ("n_steps", "snr", "n_corrector",
-                                                                   "eps") if k in opts}}
+    samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in (
+        "n_steps", "snr", "n_corrector", "eps", "predictor") if k in opts}}
     seed = int(opts.get("seed", 0))
     out = []
     with torch.no_grad():
@@ -312,7 +343,8 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
                     for j in range(len(k))]
                 rec = score_pc_sample(model, k, m, sde_of(cfg, int(samp.get("n_steps", 2000))),
                                       float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
-                                      float(samp.get("eps", 1e-5)), gens).abs()[:, None]
+                                      float(samp.get("eps", 1e-5)), gens,
+                                      str(samp.get("predictor", "reverse_diffusion"))).abs()[:, None]
             else:
                 rec = model(x_u)
             out.append((rec * s)[:, 0].float().numpy())
