@@ -22,6 +22,7 @@ validate(config, str(REPO / "config" / "schemas" / "config.schema.yaml"))
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/recon.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

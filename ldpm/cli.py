@@ -33,6 +33,13 @@ def _json(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
 
 
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected STAGE=FOLDER, got {text!r}")
+    return name, Path(path)
+
+
 # --------------------------------------------------------------------------- data
 @command
 def embedded(a: argparse.Namespace) -> None:
@@ -69,13 +76,23 @@ def test_shard(a: argparse.Namespace) -> None:
                      center_fraction=a.center_fraction, mask_seed=a.mask_seed)
 
 
+# --------------------------------------------------------------------------- training
+@command
+def train(a: argparse.Namespace) -> None:
+    """Train one stage (LDPM's sketcher/vae/denoiser/controlnet, or a baseline); resumable."""
+    from .train.stages import run_stage
+
+    run_stage(a.stage, a.manifest, a.out_dir, a.overrides, a.preset, a.seed,
+              deps=dict(a.dep or []), pretrained=a.pretrained)
+
+
 # --------------------------------------------------------------------------- methods
 @command
 def reconstruct(a: argparse.Namespace) -> None:
     """Reconstruct one test shard with one method."""
     from .methods import reconstruct_shard
 
-    reconstruct_shard(a.method, a.shard_data, a.output, checkpoints=a.checkpoint or [],
+    reconstruct_shard(a.method, a.shard_data, a.output, checkpoints=dict(a.checkpoint or []),
                       options=a.options)
 
 
@@ -132,11 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--center-fraction", type=float, required=True)
     s.add_argument("--mask-seed", type=int, required=True)
 
+    s = sub.add_parser("train", help=train.__doc__)
+    s.add_argument("--stage", required=True)
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--overrides", type=_json, default={}, help="train.stages.<stage> as JSON")
+    s.add_argument("--preset", choices=["default", "paper"], default="default")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--dep", type=_named_path, action="append", metavar="STAGE=FOLDER",
+                   help="an earlier stage's training folder, e.g. vae=results/models/vae")
+    s.add_argument("--pretrained", type=_json, default={}, help="the config's `pretrained` block")
+
     s = sub.add_parser("reconstruct", help=reconstruct.__doc__)
     s.add_argument("--method", required=True)
     s.add_argument("--shard-data", type=Path, required=True)
     s.add_argument("--output", type=Path, required=True)
-    s.add_argument("--checkpoint", type=Path, action="append", help="trained model folder(s)")
+    s.add_argument("--checkpoint", type=_named_path, action="append", metavar="STAGE=FOLDER",
+                   help="a trained model folder, e.g. unet=results/models/unet (repeatable)")
     s.add_argument("--options", type=_json, default={}, help="method options as JSON")
 
     s = sub.add_parser("evaluate", help=evaluate.__doc__)

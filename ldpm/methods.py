@@ -8,7 +8,7 @@ simulate the measurement ``k_u = M * F(x)`` with the stored mask; the method the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping
 
 import h5py
 import numpy as np
@@ -16,9 +16,12 @@ import numpy as np
 from .errors import LdpmInputError
 from .io import atomic_path
 from .mri import undersample, zero_filled
+from .mri.masks import slice_seed
 
-#: signature: (k_u [N,H,W] complex64, mask [N,W] float32, checkpoints, options) -> [N,H,W] float32
-Method = Callable[[np.ndarray, np.ndarray, Sequence[Path], dict], np.ndarray]
+#: (k_u [N,H,W] complex64, mask [N,W] float32, checkpoints {stage: folder}, options) -> [N,H,W]
+#: float32. ``options["slice_seeds"]`` holds one integer seed per slice (from its volume and
+#: slice index), so a sampling method gives the same result however the test set is sharded.
+Method = Callable[[np.ndarray, np.ndarray, Mapping[str, Path], dict], np.ndarray]
 METHODS: dict[str, Method] = {}
 
 
@@ -30,7 +33,7 @@ def register(name: str) -> Callable[[Method], Method]:
 
 
 @register("zero_filled")
-def zero_filled_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Sequence[Path],
+def zero_filled_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
                       options: dict) -> np.ndarray:
     """Zero-filled reconstruction ``|F^-1(k_u)|``: the lower bound of Table I."""
     return np.abs(zero_filled(k_u)).astype(np.float32)
@@ -41,9 +44,53 @@ def measure(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return undersample(target.astype(np.complex64), mask[:, None, :]).astype(np.complex64)
 
 
+LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
+BASELINES = ("unet", "varnet", "swinmr", "score_mri")
+
+
+def stage_dependencies(stage: str, with_sd: bool) -> list[str]:
+    """Training stages that ``stage`` starts from (the DAG's edges between training rules)."""
+    prior = [] if with_sd else ["denoiser"]
+    return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior]}.get(stage, [])
+
+
+def method_stages(method: str, with_sd: bool) -> list[str]:
+    """Training stages whose checkpoints ``method`` reconstructs with."""
+    if method in LDPM_VARIANTS:
+        return ["sketcher", "vae", "controlnet", *([] if with_sd else ["denoiser"])]
+    return [method] if method in BASELINES else []
+
+
+def method_options(method: str, inference: Mapping) -> dict:
+    """The config's ``inference`` options that ``method`` takes."""
+    opts = {"seed": inference.get("seed", 0)}
+    if method in LDPM_VARIANTS:
+        opts.update(inference.get("ldpm") or {})
+    elif method in ("score_mri",):
+        opts.update(inference.get("score_mri") or {})
+    return opts
+
+
+def load_registry() -> dict[str, Method]:
+    """All methods: importing their modules registers them (torch is only imported here)."""
+    from . import methods_baselines, methods_ldpm  # noqa: F401
+
+    return METHODS
+
+
+def seeds_for(volumes, slices, seed: int) -> list[int]:
+    """One 32-bit seed per slice from ``(seed, volume, slice)``: independent of sharding."""
+    return [int(np.random.SeedSequence(slice_seed(seed, v.decode() if isinstance(v, bytes) else str(v),
+                                                  int(s))).generate_state(1)[0])
+            for v, s in zip(volumes, slices)]
+
+
 def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
-                      checkpoints: Sequence[Path] = (), options: dict | None = None) -> None:
+                      checkpoints: Mapping[str, Path] | None = None,
+                      options: dict | None = None) -> None:
     """Reconstruct every slice of a test shard with ``method``; write ``recon`` + keys."""
+    if method not in METHODS and method != "zero_filled":
+        load_registry()
     if method not in METHODS:
         raise LdpmInputError(f"method {method!r}", "unknown method",
                              f"use one of: {', '.join(sorted(METHODS))}")
@@ -52,8 +99,10 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
         mask = f["mask"][()]
         volume = f["volume"][()]
         slices = f["slice"][()]
+    options = dict(options or {})
+    options["slice_seeds"] = seeds_for(volume, slices, int(options.get("seed", 0)))
     if len(target):
-        recon = METHODS[method](measure(target, mask), mask, list(checkpoints), options or {})
+        recon = METHODS[method](measure(target, mask), mask, dict(checkpoints or {}), options)
     else:
         recon = np.zeros_like(target, dtype=np.float32)
     if recon.shape != target.shape:

@@ -1,6 +1,6 @@
 """Registry entries of the trained Table I baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``.
 
-Each method loads its model from ``checkpoints[0]`` (the training folder written by
+Each method loads its model from ``checkpoints[name]`` (the training folder written by
 :func:`ldpm.train.baselines.train_baseline`, or its ``final/``) and reconstructs every slice
 with :func:`ldpm.train.baselines.reconstruct`. ``options``: ``batch_size``; for ``score_mri``
 also ``n_steps`` (N), ``snr``, ``n_corrector`` and ``seed``. Deterministic given the seed.
@@ -10,7 +10,7 @@ Import this module to register them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -20,12 +20,12 @@ from .train.baselines import BASELINES, load_baseline, reconstruct
 
 
 def _make(name: str):
-    def method(k_u: np.ndarray, mask: np.ndarray, checkpoints: Sequence[Path],
+    def method(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
                options: dict) -> np.ndarray:
-        if not checkpoints:
+        if name not in checkpoints:
             raise LdpmInputError(f"method {name!r}", "no checkpoint folder given",
-                                 f"pass the {name} training folder as checkpoints[0]")
-        model, _, cfg = load_baseline(checkpoints[0], expect=name)
+                                 f"pass --checkpoint {name}=<its training folder>")
+        model, _, cfg = load_baseline(checkpoints[name], expect=name)
         return reconstruct(name, model, cfg, k_u, mask, options).astype(np.float32)
 
     method.__name__ = f"{name}_recon"

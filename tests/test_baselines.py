@@ -10,7 +10,7 @@ import torch
 import ldpm.methods_baselines  # noqa: F401  (registers the baselines)
 import ldpm.sampling.score_pc as score_pc
 from ldpm.errors import LdpmInputError
-from ldpm.methods import METHODS, measure, reconstruct_shard
+from ldpm.methods import METHODS, measure, reconstruct_shard, seeds_for
 from ldpm.models.score import ScoreNet, VESDE
 from ldpm.models.swinmr import SwinMR, SwinMRLoss
 from ldpm.models.unet import UnetRecon
@@ -182,12 +182,13 @@ def test_registry_reconstructs_a_shard(tmp_path):
         train_baseline(name, images, cfg, ckpt, seed=0, n_steps=2, log=False)
         assert (ckpt / "final" / "model.safetensors").is_file() and (ckpt / "log.csv").is_file()
         out = tmp_path / f"{name}.h5"
-        reconstruct_shard(name, shard, out, [ckpt], {"seed": 1})
+        reconstruct_shard(name, shard, out, {name: ckpt}, {"seed": 1})
         with h5py.File(out, "r") as f:
             recon = f["recon"][()]
         assert recon.shape == target.shape and recon.dtype == np.float32
         assert np.isfinite(recon).all()
-        again = METHODS[name](measure(target, mask), mask, [ckpt / "final"], {"seed": 1})
+        again = METHODS[name](measure(target, mask), mask, {name: ckpt / "final"},
+                              {"seed": 1, "slice_seeds": seeds_for([b"v0"] * 3, range(3), 1)})
         np.testing.assert_array_equal(again, recon)   # deterministic
     with pytest.raises(LdpmInputError, match="not 'unet'"):
         load_baseline(tmp_path / "varnet", expect="unet")

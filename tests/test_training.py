@@ -30,7 +30,7 @@ CFG = {
     "vae": {"model": TINY_VAE, "lr": 3e-3, "disc_lr": 1e-3, "batch_size": 2, "crop": 32,
             "ckpt_every": 2, "disc": {"ndf": 8, "n_layers": 1}, "disc_start": 3},
     "denoiser": {"model": TINY_UNET, "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2},
-    "controlnet": {"lr": 3e-3, "batch_size": 2, "crop": 32, "ckpt_every": 2, **MASK},
+    "controlnet": {"lr": 1e-2, "batch_size": 2, "crop": 32, "ckpt_every": 2, **MASK},
 }
 
 
@@ -92,11 +92,9 @@ class _NoVGG:
 _VGG_OFF, _W = _NoVGG(), {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65}
 
 
-@pytest.mark.parametrize("stage,n_steps", [("sketcher", 15), ("vae", 12), ("denoiser", 15),
-                                           ("controlnet", 12)])
+@pytest.mark.parametrize("stage,n_steps", [("sketcher", 10), ("vae", 8), ("denoiser", 10),
+                                           ("controlnet", 10)])
 def test_stage_lowers_its_loss(stage, n_steps, images, frozen, tmp_path):
-    if stage == "vae":
-        CFG["vae"]["disc_start"] = 3  # GAN on for the last steps: the update must still run
     init = _run(stage, images, frozen, tmp_path, n_steps, stop_after=0)  # untrained, seeded init
     before = _fixed_loss(stage, init, images, frozen)
     trained = _run(stage, images, frozen, tmp_path, n_steps)
@@ -122,13 +120,13 @@ def _weights(stage, ckpt_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("stage", ["sketcher", "vae", "controlnet"])
 def test_interrupted_and_resumed_run_is_bit_identical(stage, images, frozen, tmp_path):
-    n, k = 6, 3
+    n, k = 4, 2
     _run(stage, images, frozen, tmp_path / "a", n)
     part = _run(stage, images, frozen, tmp_path / "b", n, stop_after=k)
     assert not (tmp_path / "b" / "final").exists()
     assert json.loads((tmp_path / "b" / "meta.json").read_text())["steps_done"] == k
     del part
-    _run(stage, images, frozen, tmp_path / "b", n)  # resumes from last.pt (step 3, ckpt_every 2: step 2 redone... )
+    _run(stage, images, frozen, tmp_path / "b", n)  # a new call: resumes from last.pt (step k)
     wa, wb = _weights(stage, tmp_path / "a"), _weights(stage, tmp_path / "b")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[key], wb[key]) for key in wa)

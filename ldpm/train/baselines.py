@@ -319,7 +319,8 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
     """``k_u`` [N, H, W] complex, ``mask`` [N, W] -> magnitudes [N, H, W] float32.
 
     ``options``: ``batch_size`` (8); Score-MRI: ``n_steps`` (N), ``snr``, ``n_corrector``,
-    ``predictor``, ``seed`` (0; slice ``i`` of this call draws its noise from seed ``(seed, i)``).
+    ``predictor``, ``slice_seeds`` (one seed per slice; default: slice ``i`` of this call draws
+    its noise from ``(seed, i)``).
     """
     opts = dict(options or {})
     k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(torch.complex64)
@@ -328,6 +329,9 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
     samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in (
         "n_steps", "snr", "n_corrector", "eps", "predictor") if k in opts}}
     seed = int(opts.get("seed", 0))
+    slice_seeds = opts.get("slice_seeds") or [
+        int(np.random.SeedSequence([seed & 0xFFFFFFFF, i]).generate_state(1)[0])
+        for i in range(len(k_u))]
     out = []
     with torch.no_grad():
         for i0 in range(0, len(k_all), bs):
@@ -338,9 +342,7 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
             if name == "varnet":
                 rec = model(k, m)
             elif name == "score_mri":
-                gens = [torch.Generator().manual_seed(
-                    int(np.random.SeedSequence([seed & 0xFFFFFFFF, i0 + j]).generate_state(1)[0]))
-                    for j in range(len(k))]
+                gens = [torch.Generator().manual_seed(slice_seeds[i0 + j]) for j in range(len(k))]
                 rec = score_pc_sample(model, k, m, sde_of(cfg, int(samp.get("n_steps", 2000))),
                                       float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
                                       float(samp.get("eps", 1e-5)), gens,

@@ -129,6 +129,15 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+#: config keys that may change between a run and its resumption (they set only its length)
+LENGTH_KEYS = ("n_steps", "epochs", "ckpt_every")
+
+
+def _resumable(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of a stage config a checkpoint must match to be resumed."""
+    return {k: v for k, v in _jsonable(dict(config or {})).items() if k not in LENGTH_KEYS}
+
+
 def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
           optimizers: Mapping[str, torch.optim.Optimizer], ckpt_dir: str | Path, n_steps: int,
           seed: int, save_final: Callable[[Path], None], ckpt_every: int = 100,
@@ -153,6 +162,9 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
             raise LdpmInputError(last, f"was written for stage {ckpt.get('stage')!r} seed "
                                  f"{ckpt.get('seed')}, not {stage!r} seed {seed}",
                                  "delete the checkpoint folder or use its seed")
+        if "config" in ckpt and _resumable(ckpt["config"]) != _resumable(config):
+            raise LdpmInputError(last, "was written with another stage config (other than its "
+                                 "length)", "delete the checkpoint folder to train from scratch")
         for name, m in modules.items():
             m.load_state_dict(ckpt["modules"][name])
         for name, o in optimizers.items():
@@ -165,6 +177,7 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
     def checkpoint(step: int) -> None:
         _save_torch_atomic({
             "stage": stage, "seed": seed, "step": step, "rows": rows, "seconds": seconds,
+            "config": _jsonable(dict(config or {})),
             "modules": {k: m.state_dict() for k, m in modules.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         }, last)

@@ -65,8 +65,9 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
         disc = PatchDiscriminator(3, **(cfg.get("disc") or {}))
     vgg = VGGPerceptual(vgg_weights)
     notes = [] if vgg.enabled else [VGG_OFF_NOTE]
-    opt_g = torch.optim.Adam(vae.parameters(), lr=float(cfg["lr"]), betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=float(cfg["disc_lr"]), betas=(0.5, 0.9))
+    betas = tuple(cfg.get("betas") or (0.5, 0.9))  # LDM's autoencoder betas
+    opt_g = torch.optim.Adam(vae.parameters(), lr=float(cfg["lr"]), betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=float(cfg["disc_lr"]), betas=betas)
     disc_start = int(cfg["disc_start"])
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:

@@ -2,6 +2,7 @@
 import json
 
 from ldpm.config import validate_config
+from ldpm.methods import method_options, method_stages, stage_dependencies
 
 # snakemake's `validate` (in the Snakefile) checks the schema; this second pass turns a
 # violation into one message that names the key and the fix, and checks cross-key rules.
@@ -12,6 +13,10 @@ NOTEBOOKS = REPO / "workflow" / "notebooks"
 DATA = "results/data"
 SHARDS = list(range(config["inference"]["n_shards"]))
 METHODS = config["methods"]
+WITH_SD = bool(config["pretrained"].get("sd_path"))
+TRAIN_STAGES = sorted({s for m in METHODS for s in method_stages(m, WITH_SD)}
+                      | {d for m in METHODS for s in method_stages(m, WITH_SD)
+                         for d in stage_dependencies(s, WITH_SD)})
 
 
 def _volumes():

@@ -5,14 +5,23 @@ rule reconstruct:
     """One method on one test shard."""
     input:
         data=f"{DATA}/test/shard{{shard}}.h5",
+        models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
     output:
         "results/recon/{method}/shard{shard}.h5",
     wildcard_constraints:
         method="|".join(METHODS),
+    params:
+        checkpoints=lambda wc: " ".join(f"--checkpoint {s}=results/models/{s}"
+                                        for s in method_stages(wc.method, WITH_SD)),
+        options=lambda wc: as_json({**method_options(wc.method, config["inference"]),
+                                    "sd_path": config["pretrained"].get("sd_path")}),
     log:
         "results/logs/reconstruct/{method}_{shard}.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) else 0,
     shell:
         "ldpm reconstruct --method {wildcards.method} --shard-data {input.data}"
-        " --output {output} > {log} 2>&1"
+        " {params.checkpoints} --options {params.options} --output {output} > {log} 2>&1"

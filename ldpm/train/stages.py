@@ -1,0 +1,116 @@
+"""One pipeline training stage from the manifest: what ``ldpm train --stage NAME`` runs.
+
+Stages of LDPM (in DAG order): ``sketcher``; ``vae`` (MR-VAE, fine-tuned from SD's VAE when
+``pretrained.sd_path`` is set); ``denoiser`` (only without SD weights: an unconditional latent
+denoiser trained on MR-VAE latents, then frozen as the prior); ``controlnet`` (MRControlNet's
+control branch). Baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``.
+
+Stage configs are the preset (``ldpm.train.presets`` / ``ldpm.train.baselines``, ``default`` or
+``paper``) with the config's ``train.stages.<stage>`` overrides; an override key the preset
+does not have is refused, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..data.store import load_split
+from ..errors import LdpmInputError
+
+LDPM_STAGES = ("sketcher", "vae", "denoiser", "controlnet")
+BASELINE_STAGES = ("unet", "varnet", "swinmr", "score_mri")
+STAGES = LDPM_STAGES + BASELINE_STAGES
+
+
+def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
+    """The split's targets as [N, 1, H, W] float32, each scaled by its volume's max to ~[0, 1]."""
+    targets, rows = load_split(manifest, split)
+    if len(targets) == 0:
+        raise LdpmInputError(manifest, f"has no {split!r} slices",
+                             "add subjects or raise data.split_fractions.train")
+    scale = rows["volume_max"].to_numpy(np.float32)[:, None, None]
+    return torch.from_numpy(np.ascontiguousarray(targets / scale, dtype=np.float32))[:, None]
+
+
+def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str) -> dict[str, Any]:
+    """The preset config of ``stage`` with ``overrides``; unknown override keys are refused."""
+    if stage in BASELINE_STAGES:
+        from .baselines import DEFAULT_CONFIGS, PAPER_CONFIGS
+
+        base = {"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][stage]
+    else:
+        from .presets import DEFAULT_CONFIG, PAPER_CONFIG
+
+        base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
+    unknown = sorted(set(overrides or {}) - set(base))
+    if unknown:
+        raise LdpmInputError(f"config: train.stages.{stage}.{unknown[0]}", "unknown key",
+                             f"use one of: {', '.join(sorted(base))}")
+    return {**base, **(overrides or {})}
+
+
+def load_prior(deps: Mapping[str, Path], sd_path: str | None):
+    """The frozen denoiser and its null text embedding: SD's UNet, or our trained one."""
+    if sd_path:
+        from ..models import build_denoiser, null_text_embedding
+
+        unet = build_denoiser(None, sd_path)
+        return unet.eval().requires_grad_(False), null_text_embedding(unet, sd_path)
+    from .denoiser import load_denoiser
+
+    if "denoiser" not in deps:
+        raise LdpmInputError("ldpm train", "no denoiser folder given and no pretrained.sd_path",
+                             "pass --dep denoiser=<folder> or set pretrained.sd_path")
+    return load_denoiser(deps["denoiser"])
+
+
+def _need(deps: Mapping[str, Path], *names: str) -> None:
+    for name in names:
+        if name not in deps:
+            raise LdpmInputError("ldpm train", f"the {name} checkpoint folder is missing",
+                                 f"pass --dep {name}=<folder>")
+
+
+def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: Mapping | None,
+              preset: str, seed: int, deps: Mapping[str, Path],
+              pretrained: Mapping[str, str | None]) -> None:
+    """Train ``stage`` on the manifest's training split into ``out_dir`` (resumable)."""
+    if stage not in STAGES:
+        raise LdpmInputError(f"stage {stage!r}", "unknown stage", f"use one of: {', '.join(STAGES)}")
+    cfg = stage_config(stage, overrides, preset)
+    images = training_images(manifest)
+    sd_path = pretrained.get("sd_path") or None
+    if stage in BASELINE_STAGES:
+        from .baselines import train_baseline
+
+        if stage == "swinmr" and pretrained.get("vgg19_path"):
+            cfg["loss"] = {**(cfg.get("loss") or {}), "vgg19_weights": pretrained["vgg19_path"]}
+        train_baseline(stage, images, cfg, out_dir, seed=seed)
+    elif stage == "sketcher":
+        from .sketcher import train_sketcher
+
+        train_sketcher(images, cfg, out_dir, seed=seed)
+    elif stage == "vae":
+        from .vae import train_vae
+
+        train_vae(images, cfg, out_dir, seed=seed, sd_path=sd_path,
+                  vgg_weights=pretrained.get("vgg16_path") or None)
+    elif stage == "denoiser":
+        from .denoiser import train_denoiser
+        from .vae import load_vae
+
+        _need(deps, "vae")
+        train_denoiser(images, cfg, out_dir, load_vae(deps["vae"]), seed=seed)
+    else:  # controlnet
+        from .controlnet import train_controlnet
+        from .sketcher import load_sketcher
+        from .vae import load_vae
+
+        _need(deps, "sketcher", "vae")
+        denoiser, null = load_prior(deps, sd_path)
+        train_controlnet(images, cfg, out_dir, load_sketcher(deps["sketcher"]), load_vae(deps["vae"]),
+                         denoiser, null, seed=seed)
