@@ -108,6 +108,16 @@ def evaluate(a: argparse.Namespace) -> None:
 
 
 @command
+def vae_recon(a: argparse.Namespace) -> None:
+    """Encode and decode every ground-truth test slice with the MR-VAE and the untuned/SD VAE (Fig. 3)."""
+    from .metrics.vae_eval import vae_recon_test_set
+
+    written = vae_recon_test_set(a.data, a.vae_dir, a.sd_path or None,
+                                 {k: p for k, p in a.output}, batch_size=a.batch_size)
+    log.info("wrote %s", ", ".join(f"{k}: {p}" for k, p in written.items()))
+
+
+@command
 def provenance(a: argparse.Namespace) -> None:
     """Record config, git commit, package versions and data hashes of this run."""
     from .report.provenance import write_provenance
@@ -177,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lpips-backbone", default=None)
     s.add_argument("--inception-weights", default=None)
     s.add_argument("--kid-subset-size", type=int, default=1000)
+
+    s = sub.add_parser("vae-recon", help=vae_recon.__doc__)
+    s.add_argument("--data", type=Path, nargs="+", required=True, help="all test shards")
+    s.add_argument("--vae-dir", type=Path, required=True, help="the vae stage's training folder")
+    s.add_argument("--sd-path", default="", help="Stable Diffusion folder ('' = none: untuned VAE)")
+    s.add_argument("--output", type=_named_path, action="append", required=True, metavar="KIND=FILE",
+                   help="mr=results/vae_recon/mr.h5 and/or untuned=results/vae_recon/untuned.h5")
+    s.add_argument("--batch-size", type=int, default=8)
 
     s = sub.add_parser("provenance", help=provenance.__doc__)
     s.add_argument("--output", type=Path, required=True)

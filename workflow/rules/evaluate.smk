@@ -19,8 +19,9 @@ rule evaluate:
         "results/logs/evaluate/{method}.log",
     conda:
         ENV
+    threads: 1
     shell:
-        "ldpm evaluate --method {wildcards.method} --recon {input.recon} --data {input.data}"
+        "OMP_NUM_THREADS={threads} ldpm evaluate --method {wildcards.method} --recon {input.recon} --data {input.data}"
         " --manifest {input.manifest} --out-dir results/metrics/{wildcards.method}"
         " --lpips-backbone '{params.lpips}' --inception-weights '{params.inception}'"
         " --kid-subset-size {params.kid} > {log} 2>&1"

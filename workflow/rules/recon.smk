@@ -23,5 +23,5 @@ rule reconstruct:
     resources:
         gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) else 0,
     shell:
-        "ldpm reconstruct --method {wildcards.method} --shard-data {input.data}"
+        "OMP_NUM_THREADS={threads} ldpm reconstruct --method {wildcards.method} --shard-data {input.data}"
         " {params.checkpoints} --options {params.options} --output {output} > {log} 2>&1"

@@ -1,9 +1,18 @@
-# Report: papermill notebooks render tables and figures from results/ (no model is rerun).
+# Report: one papermill notebook renders Tables I-III, Figs. 2-3 and results/report.md from
+# results/ (no reconstruction model is rerun; Fig. 3's VAE pass is its own rule below).
+
+# Fig. 3 needs the MR-VAE, which is only trained when a configured method uses it.
+WITH_FIG3 = "vae" in TRAIN_STAGES
+VAE_KINDS = ["untuned", "mr"]
+PAPER_VALUES = REPO / "config" / "paper_values.yaml"
+TABLES = ["table1", "table2", "table3"] + (["fig3_vae"] if WITH_FIG3 else [])
+FIGURES = ["fig2_examples"] + (["fig3_vae"] if WITH_FIG3 else [])
 
 REPORT_OUTPUTS = [
-    *expand("results/tables/table1.{ext}", ext=["csv", "md", "tex"]),
-    "results/figures/fig2_examples.png",
-    "results/notebooks/table1.ipynb",
+    *expand("results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]),
+    *expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
+    "results/notebooks/report.ipynb",
+    "results/report.md",
     "results/provenance.json",
 ]
 
@@ -25,23 +34,85 @@ rule provenance:
         "ldpm provenance --output {output} --config {params.cfg} --hash {input} > {log} 2>&1"
 
 
-rule table1:
-    """Table I (all methods x all metrics) and the example figure, via papermill."""
+rule vae_recon:
+    """Fig. 3: every ground-truth test slice through the MR-VAE and the untuned (or SD) VAE."""
+    input:
+        data=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
+        vae="results/models/vae/final",
+    output:
+        expand("results/vae_recon/{kind}.h5", kind=VAE_KINDS),
+    params:
+        sd=config["pretrained"].get("sd_path") or "",
+        outputs=" ".join(f"--output {k}=results/vae_recon/{k}.h5" for k in VAE_KINDS),
+    log:
+        "results/logs/vae_recon.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} ldpm vae-recon --data {input.data} --vae-dir results/models/vae"
+        " --sd-path '{params.sd}' {params.outputs} > {log} 2>&1"
+
+
+# results/metrics/vae_<kind>/ is scored by the same `ldpm evaluate` as every method: the VAE
+# file holds both `recon` and the `target` it encoded, so it is its own data shard.
+ruleorder: evaluate_vae > evaluate
+
+
+rule evaluate_vae:
+    """PSNR/SSIM/NMSE, LPIPS, rFID, KID of one VAE's reconstructions of the test set."""
+    input:
+        recon="results/vae_recon/{kind}.h5",
+        manifest=f"{DATA}/manifest.csv",
+    output:
+        summary="results/metrics/vae_{kind}/summary.json",
+        per_volume="results/metrics/vae_{kind}/per_volume.csv",
+        per_slice="results/metrics/vae_{kind}/per_slice.csv",
+    wildcard_constraints:
+        kind="|".join(VAE_KINDS),
+    params:
+        lpips=config["metrics"].get("lpips_backbone") or "",
+        inception=config["metrics"].get("inception_weights") or "",
+        kid=config["metrics"]["kid_subset_size"],
+    log:
+        "results/logs/evaluate/vae_{kind}.log",
+    conda:
+        ENV
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} ldpm evaluate --method vae_{wildcards.kind} --recon {input.recon}"
+        " --data {input.recon} --manifest {input.manifest} --out-dir results/metrics/vae_{wildcards.kind}"
+        " --lpips-backbone '{params.lpips}' --inception-weights '{params.inception}'"
+        " --kid-subset-size {params.kid} > {log} 2>&1"
+
+
+rule report:
+    """Tables I-III (paper values beside ours), Figs. 2-3 and results/report.md, via papermill."""
     input:
         summaries=expand("results/metrics/{method}/summary.json", method=METHODS),
+        per_volume=expand("results/metrics/{method}/per_volume.csv", method=METHODS),
         recon=expand("results/recon/{method}/shard{shard}.h5", method=METHODS, shard=SHARDS),
         data=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
-        notebook=NOTEBOOKS / "table1.ipynb",
+        vae=expand("results/vae_recon/{kind}.h5", kind=VAE_KINDS) if WITH_FIG3 else [],
+        vae_metrics=expand("results/metrics/vae_{kind}/summary.json", kind=VAE_KINDS) if WITH_FIG3 else [],
+        provenance="results/provenance.json",
+        paper=PAPER_VALUES,
+        notebook=NOTEBOOKS / "report.ipynb",
     output:
-        tables=expand("results/tables/table1.{ext}", ext=["csv", "md", "tex"]),
-        figure="results/figures/fig2_examples.png",
-        notebook="results/notebooks/table1.ipynb",
+        tables=expand("results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]),
+        figures=expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
+        notebook="results/notebooks/report.ipynb",
+        report="results/report.md",
     params:
         methods=",".join(METHODS),
+        fig3=int(WITH_FIG3),
     log:
-        "results/logs/table1.log",
+        "results/logs/report.log",
     conda:
         ENV
     shell:
-        "papermill --no-progress-bar {input.notebook} {output.notebook}"
-        " -p methods {params.methods} -p results_dir results > {log} 2>&1"
+        "papermill --no-progress-bar --kernel python3 {input.notebook} {output.notebook}"
+        " -p methods {params.methods} -p results_dir results -p paper_values {input.paper}"
+        " -p with_fig3 {params.fig3} > {log} 2>&1"

@@ -22,13 +22,15 @@ rule train:
         "results/logs/train/{stage}.log",
     conda:
         ENV
-    threads: 2
+    # one thread per job: on a small machine two 1-thread jobs beat one 2-thread job, and torch
+    # with more threads than free cores slows down many-fold (clusters: set-threads in the profile)
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=720,
     shell:
-        "ldpm train --stage {wildcards.stage} --manifest {input.manifest}"
+        "OMP_NUM_THREADS={threads} ldpm train --stage {wildcards.stage} --manifest {input.manifest}"
         " --out-dir results/models/{wildcards.stage} {params.deps} --overrides {params.overrides}"
         " --preset {params.preset} --pretrained {params.pretrained} --seed {params.seed}"
         " > {log} 2>&1"
