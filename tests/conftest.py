@@ -1,4 +1,4 @@
-"""Shared data fixtures: tiny hand-made fastMRI-format multicoil files."""
+"""Shared fixtures: one torch thread for the suite; tiny hand-made fastMRI-format files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: tiny models on a small shared machine run many times faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 ISMRMRD_TEMPLATE = (
     '<?xml version="1.0" encoding="utf-8"?>'

@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import reference_rss
 from ldpm.data import list_volumes, preprocess_volume, read_volume
 from ldpm.errors import LdpmInputError
 from ldpm.mri import center_crop, ifft2c, rss

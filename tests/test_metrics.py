@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,14 +16,6 @@ from ldpm.metrics import perceptual as P
 from ldpm.metrics.evaluate import evaluate_method
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: far less CPU on a shared machine (no spinning workers); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------- pixel metrics

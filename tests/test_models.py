@@ -18,14 +18,6 @@ TINY_UNET = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attenti
              "attention_head_dim": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -15,14 +15,6 @@ from ldpm.sampling import (DualStageSampler, dual_stage, dual_stage_sample, kspa
 TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def vae():

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import LdpmInputError
+from .pretrained import load_sd_component
 
 #: Config-built (tiny) denoiser keys and their defaults.
 DENOISER_DEFAULTS: dict[str, Any] = {
@@ -45,12 +46,7 @@ def build_denoiser(cfg: Mapping[str, Any] | None,
                    sd_path: str | Path | None = None) -> UNet2DConditionModel:
     """ε-prediction U-Net: SD's (``sd_path``/unet, local files only) or a tiny one from ``cfg``."""
     if sd_path is not None:
-        path = Path(sd_path)
-        if not (path / "unet" / "config.json").is_file():
-            raise LdpmInputError(path, "has no unet/config.json",
-                                 "pass a local Stable Diffusion 2-1-base folder (diffusers layout)")
-        return UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True,
-                                                    low_cpu_mem_usage=False)
+        return load_sd_component(UNet2DConditionModel, sd_path, "unet")
     c = {**DENOISER_DEFAULTS, **{k: v for k, v in (cfg or {}).items() if k in DENOISER_DEFAULTS}}
     return UNet2DConditionModel(
         in_channels=int(c["latent_channels"]), out_channels=int(c["latent_channels"]),

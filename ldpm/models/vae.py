@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from ..errors import LdpmInputError
+from .pretrained import load_sd_component
 
 #: Config-built VAE keys and their defaults. Four levels = 8x downsampling, like SD's VAE.
 VAE_DEFAULTS: dict[str, Any] = {
@@ -37,12 +38,7 @@ def build_vae(cfg: Mapping[str, Any] | None, sd_path: str | Path | None = None) 
     ``cfg`` keys: :data:`VAE_DEFAULTS` (other keys, e.g. training ones, are ignored).
     """
     if sd_path is not None:
-        path = Path(sd_path)
-        if not (path / "vae" / "config.json").is_file():
-            raise LdpmInputError(path, "has no vae/config.json",
-                                 "pass a local Stable Diffusion 2-1-base folder (diffusers layout)")
-        return AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True,
-                                             low_cpu_mem_usage=False)
+        return load_sd_component(AutoencoderKL, sd_path, "vae")
     c = {**VAE_DEFAULTS, **{k: v for k, v in (cfg or {}).items() if k in VAE_DEFAULTS}}
     levels = len(c["block_out_channels"])
     if levels != 4:
