@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Whether ldpm/train/loop.py trains data-parallel under torchrun. Flip to True together with
 #: the loop change; the launcher needs nothing else.

@@ -29,8 +29,10 @@ rule train:
         gpu=1,
         mem_mb=16000,
         runtime=720,
+    # ldpm/launch.py: one plain process, or one torchrun rank per GPU given to the job
     shell:
-        "OMP_NUM_THREADS={threads} ldpm train --stage {wildcards.stage} --manifest {input.manifest}"
+        "OMP_NUM_THREADS={threads} python -m ldpm.launch --gpus {resources.gpu} --"
+        " --stage {wildcards.stage} --manifest {input.manifest}"
         " --out-dir results/models/{wildcards.stage} {params.deps} --overrides {params.overrides}"
         " --preset {params.preset} --pretrained {params.pretrained} --seed {params.seed}"
         " > {log} 2>&1"

@@ -1,0 +1,181 @@
+"""DVC over the Snakemake pipeline: repro, push, a fresh clone's pull, tables regenerated without
+training; and reproducibility: a second run with the same seed gives the same bytes.
+
+The slow tests share one `dvc repro` of the tiny config in a temporary git repository made
+from this working tree, with a local DVC remote beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+DVC = shutil.which("dvc", path=str(VENV_BIN)) or "dvc"
+SNAKEMAKE = shutil.which("snakemake", path=str(VENV_BIN)) or "snakemake"
+LOCAL = ["--profile", "workflow/profiles/local"]
+
+#: tiny config (merged into the clone's config/config.yaml): one trained method, 2 steps
+TINY = {
+    "embedded": {"n_subjects": 4, "slices_per_volume": 2, "contrasts": ["T1"]},
+    "data": {"crop_size": 64, "split_fractions": {"train": 0.5, "val": 0.0, "test": 0.5}},
+    "inference": {"n_shards": 1},
+    "metrics": {"kid_subset_size": 4},
+    "methods": ["zero_filled", "unet"],
+    "train": {"stages": {"unet": {"n_steps": 2}}},
+}
+TABLE_EXTS = (".md", ".csv", ".tex")
+NOT_SHARED = {"logs", ".gitignore"}  # under results/: what DVC deliberately does not track
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> str:
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if check:
+        assert proc.returncode == 0, f"{' '.join(cmd)} in {cwd} -> {proc.returncode}\n{out[-6000:]}"
+    return out
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """Snakemake's first `Job stats:` table as {rule: count} ({} when nothing is to be done)."""
+    if "Job stats:" not in text:
+        return {}
+    block = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m.group(1): int(m.group(2)) for line in block.splitlines()
+            if (m := re.match(r"^(\w+)\s+(\d+)$", line.strip())) and m.group(1) != "total"}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = deep_merge(out[k], v) if both else v
+    return out
+
+
+def git(*args: str, cwd: Path) -> str:
+    return run(["git", "-c", "user.name=ldpm-test", "-c", "user.email=test@ldpm.invalid",
+                "-c", "init.defaultBranch=main", *args], cwd)
+
+
+def outs_of_dvc_yaml() -> dict[str, list[str]]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: [next(iter(o)) if isinstance(o, dict) else o for o in s["outs"]]
+            for name, s in stages.items()}
+
+
+# --------------------------------------------------------------------------- fast checks
+def test_dvc_yaml_names_existing_rules_and_persists_every_out():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    rules = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        rules |= set(re.findall(r"^\s*rule (\w+):", smk.read_text(), flags=re.M))
+    for name, stage in stages.items():
+        m = re.search(r"--omit-from ([\w ]+)", stage["cmd"])
+        omitted = set(m.group(1).split()) if m else set()
+        assert omitted <= rules, f"stage {name} omits unknown rules {omitted - rules}"
+        for out in stage["outs"]:
+            assert isinstance(out, dict) and next(iter(out.values())).get("persist") is True, \
+                f"stage {name}: out {out} must be persist: true (Snakemake updates it)"
+    assert "results/models/*/last.pt" in (REPO / ".dvcignore").read_text()
+
+
+# --------------------------------------------------------------------------- the round trip
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    """A git repo of this working tree with the tiny config, `dvc repro`-ed and pushed."""
+    root = tmp_path_factory.mktemp("dvc")
+    src, remote = root / "origin", root / "remote"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, listed.split("\0")):
+        s, d = REPO / rel, src / rel
+        if s.is_symlink() or s.is_file():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s, d, follow_symlinks=False)
+    cfg = src / "config" / "config.yaml"
+    cfg.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(cfg.read_text()), TINY)))
+    git("init", "-q", cwd=src)
+    run([DVC, "remote", "add", "-d", "store", str(remote)], src)
+    git("add", "-A", cwd=src)
+    git("commit", "-q", "-m", "tiny", cwd=src)
+
+    repro = run([DVC, "repro"], src, timeout=1500)
+    assert "Running stage 'train'" in repro, repro[-3000:]
+    again = run([DVC, "repro"], src)  # nothing changed: no stage runs again
+    assert "Running stage" not in again, again[-3000:]
+    assert "up to date" in run([DVC, "status"], src)
+    run([DVC, "push"], src)
+    git("add", "-A", cwd=src)
+    git("commit", "-q", "-m", "dvc.lock", cwd=src)
+    return src
+
+
+@pytest.mark.slow
+def test_dvc_tracks_every_artefact_but_logs(origin):
+    tracked = {o for outs in outs_of_dvc_yaml().values() for o in outs}
+    produced = {f"results/{p.name}" for p in (origin / "results").iterdir()
+                if p.name not in NOT_SHARED}
+    assert produced <= tracked, f"not shared through DVC: {produced - tracked}"
+    assert (origin / "results" / "models" / "unet" / "last.pt").exists()
+    lock = yaml.safe_load((origin / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(outs_of_dvc_yaml())
+
+
+@pytest.mark.slow
+def test_fresh_clone_pulls_and_regenerates_identical_tables_without_training(origin, tmp_path):
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(origin), str(clone), cwd=tmp_path)
+    # a reviewer's pull: data, checkpoints, reconstructions, metrics (not the tables)
+    run([DVC, "pull", "data", "train", "recon", "metrics"], clone)
+    assert (clone / "results" / "models" / "unet" / "final" / "model.safetensors").is_file()
+    assert not (clone / "results" / "models" / "unet" / "last.pt").exists()  # .dvcignore
+    assert not (clone / "results" / "tables").exists()
+    # pulled files carry the pull's mtimes in no particular order; --touch marks them up to
+    # date in DAG order, so Snakemake's mtime trigger does not ask to retrain
+    run([SNAKEMAKE, *LOCAL, "--touch", "all"], clone)
+    plan = job_stats(run([SNAKEMAKE, *LOCAL, "--dry-run", "all"], clone))
+    assert plan and set(plan) <= {"all", "report", "provenance"}, plan
+    out = run([SNAKEMAKE, *LOCAL, "all"], clone)
+    assert set(job_stats(out)) == set(plan), out[-3000:]
+    assert not re.search(r"^\s*rule (train|reconstruct|evaluate\w*):", out, flags=re.M)
+    tables = sorted(p for p in (origin / "results" / "tables").iterdir() if p.suffix in TABLE_EXTS)
+    assert tables
+    for table in tables:
+        regenerated = clone / "results" / "tables" / table.name
+        assert regenerated.read_bytes() == table.read_bytes(), table.name
+    # the pulled artefacts were used as they are
+    assert "up to date" in run([DVC, "status", "data", "train", "recon", "metrics"], clone)
+
+
+@pytest.mark.slow
+def test_second_run_with_the_same_seed_gives_identical_checkpoints_and_tables(origin, tmp_path):
+    second = tmp_path / "second"
+    git("clone", "-q", str(origin), str(second), cwd=tmp_path)
+    run([SNAKEMAKE, *LOCAL, "all"], second, timeout=1500)  # from scratch: nothing pulled
+    ckpts = sorted((origin / "results" / "models").glob("*/final/*"))
+    assert any(p.suffix == ".safetensors" for p in ckpts), ckpts
+    for ckpt in ckpts:
+        again = second / ckpt.relative_to(origin)
+        assert again.read_bytes() == ckpt.read_bytes(), ckpt.relative_to(origin)
+    for table in sorted((origin / "results" / "tables").iterdir()):
+        if table.suffix in TABLE_EXTS:
+            again = second / table.relative_to(origin)
+            assert again.read_bytes() == table.read_bytes(), table.name
+    # everything else is byte-identical too (data, reconstructions, metrics, PNGs, report.md,
+    # provenance.json) except files that carry a clock: wall-clock seconds in meta.json (and
+    # the resume state), PDF creation dates, the notebook's execution times
+    differ = {str(p.relative_to(origin)) for p in sorted((origin / "results").rglob("*"))
+              if p.is_file() and "logs" not in p.parts
+              and (second / p.relative_to(origin)).read_bytes() != p.read_bytes()}
+    clocked = {d for d in differ if d.endswith((".pdf", ".ipynb", "/meta.json", "/last.pt"))}
+    assert differ == clocked, sorted(differ - clocked)
