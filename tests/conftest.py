@@ -10,6 +10,18 @@ import numpy as np
 import pytest
 
 
+#: a tiny pipeline config (merged over config/config.yaml) with one trained method: data, GPU
+#: training, GPU and CPU reconstruction, metrics and report jobs in a few minutes on 2 cores
+TINY_TWO_METHODS = {
+    "embedded": {"n_subjects": 4, "slices_per_volume": 2, "contrasts": ["T1"]},
+    "data": {"crop_size": 64, "split_fractions": {"train": 0.5, "val": 0.0, "test": 0.5}},
+    "inference": {"n_shards": 1},
+    "metrics": {"kid_subset_size": 4},
+    "methods": ["zero_filled", "unet"],
+    "train": {"stages": {"unet": {"n_steps": 2}}},
+}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread: tiny models on a small shared machine run many times faster."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_TWO_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -24,14 +25,7 @@ SNAKEMAKE = shutil.which("snakemake", path=str(VENV_BIN)) or "snakemake"
 LOCAL = ["--profile", "workflow/profiles/local"]
 
 #: tiny config (merged into the clone's config/config.yaml): one trained method, 2 steps
-TINY = {
-    "embedded": {"n_subjects": 4, "slices_per_volume": 2, "contrasts": ["T1"]},
-    "data": {"crop_size": 64, "split_fractions": {"train": 0.5, "val": 0.0, "test": 0.5}},
-    "inference": {"n_shards": 1},
-    "metrics": {"kid_subset_size": 4},
-    "methods": ["zero_filled", "unet"],
-    "train": {"stages": {"unet": {"n_steps": 2}}},
-}
+TINY = TINY_TWO_METHODS
 TABLE_EXTS = (".md", ".csv", ".tex")
 NOT_SHARED = {"logs", ".gitignore"}  # under results/: what DVC deliberately does not track
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_TWO_METHODS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "slurm"))
 from minicluster import ACCOUNT, PARTITION, MiniSlurm, ensure_installed
@@ -31,14 +32,7 @@ SNAKEMAKE = shutil.which("snakemake", path=str(VENV_BIN)) or "snakemake"
 
 #: the tiny DAG: every rule kind (data, GPU training, GPU and CPU reconstruction, metrics,
 #: report) with one trained method, so the run takes a few minutes on 2 cores
-TINY = {
-    "embedded": {"n_subjects": 4, "slices_per_volume": 2, "contrasts": ["T1"]},
-    "data": {"crop_size": 64, "split_fractions": {"train": 0.5, "val": 0.0, "test": 0.5}},
-    "inference": {"n_shards": 1},
-    "metrics": {"kid_subset_size": 4},
-    "methods": ["zero_filled", "unet"],
-    "train": {"stages": {"unet": {"n_steps": 2}}},
-}
+TINY = TINY_TWO_METHODS
 GPU_MODEL = "a100"
 
 
