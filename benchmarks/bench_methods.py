@@ -82,13 +82,12 @@ def main() -> None:
     unet = build_denoiser(stage["denoiser"]["model"]).to(dev)
     mrcn = MRControlNet.from_denoiser(unet, null_text_embedding(unet).to(dev)).to(dev).eval()
     enc, dec = partial(vae_encode, vae), partial(vae_decode, vae)
-    eps_fn = lambda z, t, c: mrcn(z, t, c)  # noqa: E731
 
     def ldpm(use_dss: bool) -> None:
         sampler = DualStageSampler(n_steps=n_steps, use_dss=use_dss)
         with torch.no_grad():
             c_latent = enc(sketcher(x_u, k, m))
-        sampler(eps_fn, enc, dec, c_latent, k, m, generator=torch.Generator().manual_seed(0))
+        sampler(mrcn, enc, dec, c_latent, k, m, generator=torch.Generator().manual_seed(0))
 
     rows = {"LDPM (DSS)": timed(partial(ldpm, True), a.repeats, a.device),
             "plain spaced DDPM (same nets)": timed(partial(ldpm, False), a.repeats, a.device)}

@@ -66,7 +66,7 @@ def method_options(method: str, inference: Mapping) -> dict:
     opts = {"seed": inference.get("seed", 0)}
     if method in LDPM_VARIANTS:
         opts.update(inference.get("ldpm") or {})
-    elif method in ("score_mri",):
+    elif method == "score_mri":
         opts.update(inference.get("score_mri") or {})
     return opts
 
@@ -89,7 +89,7 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
                       checkpoints: Mapping[str, Path] | None = None,
                       options: dict | None = None) -> None:
     """Reconstruct every slice of a test shard with ``method``; write ``recon`` + keys."""
-    if method not in METHODS and method != "zero_filled":
+    if method not in METHODS:
         load_registry()
     if method not in METHODS:
         raise LdpmInputError(f"method {method!r}", "unknown method",

@@ -91,7 +91,6 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
                                guidance_scale=float(options.get("guidance_scale", 0.1)),
                                use_dss=switches["sampler"] == "dss")
     encode, decode = partial(vae_encode, vae), partial(vae_decode, vae)
-    eps_fn = lambda z, t, c: mrcn(z, t, c)  # noqa: E731
     seeds = options["slice_seeds"]
     out = np.zeros(k_u.shape, np.float32)
     for i in range(len(k_u)):
@@ -103,7 +102,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
         with torch.no_grad():
             c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
         gen = torch.Generator().manual_seed(int(seeds[i]))
-        x = sampler(eps_fn, encode, decode, c_latent, k, m, generator=gen)
+        x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gen)
         out[i] = (x[0, 0] * scale).numpy()
     return out
 
