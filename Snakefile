@@ -26,9 +26,13 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/recon.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/diffcode.smk"
+include: "workflow/rules/lora.smk"
 
 
 rule all:
     input:
         REPORT_OUTPUTS,
+        DIFFCODE_OUTPUTS,
+        LORA_OUTPUTS,
     default_target: True

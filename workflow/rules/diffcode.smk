@@ -1,0 +1,3 @@
+# diffcode: filled in by issue #8.
+
+DIFFCODE_OUTPUTS = []

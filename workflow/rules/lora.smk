@@ -1,0 +1,3 @@
+# lora: filled in by issue #9.
+
+LORA_OUTPUTS = []
