@@ -83,7 +83,7 @@ def train(a: argparse.Namespace) -> None:
     from .train.stages import run_stage
 
     run_stage(a.stage, a.manifest, a.out_dir, a.overrides, a.preset, a.seed,
-              deps=dict(a.dep or []), pretrained=a.pretrained)
+              deps=dict(a.dep or []), pretrained=a.pretrained, device=a.device)
 
 
 # --------------------------------------------------------------------------- methods
@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dep", type=_named_path, action="append", metavar="STAGE=FOLDER",
                    help="an earlier stage's training folder, e.g. vae=results/models/vae")
     s.add_argument("--pretrained", type=_json, default={}, help="the config's `pretrained` block")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: a GPU if one is visible (under torchrun: this rank's), else the CPU")
 
     s = sub.add_parser("reconstruct", help=reconstruct.__doc__)
     s.add_argument("--method", required=True)

@@ -1,4 +1,4 @@
-"""How a training job starts: one plain process, or one process per GPU through torchrun.
+"""How a training job starts: one plain process, or one data-parallel process per GPU (torchrun).
 
 The train rule runs ``python -m ldpm.launch --gpus {resources.gpu} -- <ldpm train arguments>``,
 so the launcher follows the GPU count the rule was given (the slurm profile sets it from
@@ -6,10 +6,9 @@ so the launcher follows the GPU count the rule was given (the slurm profile sets
 
 * ``--gpus`` 0 or 1: ``python -m ldpm.cli train ...``, one plain process (CPU or one GPU).
 * ``--gpus N > 1``: ``python -m torch.distributed.run --standalone --nproc-per-node=N -m
-  ldpm.cli train ...`` (torchrun: one rank per GPU on the job's node) -- but only once the
-  training loop is data-parallel. ``ldpm/train/loop.py`` is single-process today (no process
-  group, no DistributedDataParallel, no rank-0-only writes), so N ranks would each train the same
-  model; until it is, N > 1 runs one process and says so on stderr.
+  ldpm.cli train ...`` (torchrun: one rank per GPU on the job's node). Each rank trains on its
+  share of every batch and gradients are averaged before each optimizer step
+  (:mod:`ldpm.train.runtime`); rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -19,17 +18,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-#: Whether ldpm/train/loop.py trains data-parallel under torchrun. Flip to True together with
-#: the loop change; the launcher needs nothing else.
-DISTRIBUTED_TRAINING = False
 
-
-def train_command(train_args: Sequence[str], gpus: int, *, distributed: bool = DISTRIBUTED_TRAINING,
-                  python: str = sys.executable) -> list[str]:
+def train_command(train_args: Sequence[str], gpus: int, *, python: str = sys.executable) -> list[str]:
     """The argv that trains with ``train_args`` on ``gpus`` GPUs (0: CPU)."""
     if gpus < 0:
         raise ValueError(f"gpus must be >= 0, got {gpus}")
-    if gpus > 1 and distributed:
+    if gpus > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
                 "-m", "ldpm.cli", "train", *train_args]
     return [python, "-m", "ldpm.cli", "train", *train_args]
@@ -41,9 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then `ldpm train` arguments")
     a = p.parse_args(argv)
     args = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
-    if a.gpus > 1 and not DISTRIBUTED_TRAINING:
-        print(f"ldpm.launch: {a.gpus} GPUs given, but the training loop is single-process: "
-              "running one process on one GPU (docs/cluster.md, multi-GPU)", file=sys.stderr)
     cmd = train_command(args, a.gpus)
     sys.stdout.flush()
     os.execv(cmd[0], cmd)  # the job's exit status is the trainer's

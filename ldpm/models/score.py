@@ -83,9 +83,9 @@ def dsm_loss(model: nn.Module, x: torch.Tensor, sde: VESDE, generator: torch.Gen
              eps: float = 1e-5) -> torch.Tensor:
     """Continuous denoising score matching loss of a batch ``x`` [B, 1, H, W] in [0, 1]."""
     b = x.shape[0]
-    t = torch.rand(b, generator=generator, dtype=x.dtype) * (1 - eps) + eps
+    t = (torch.rand(b, generator=generator, dtype=x.dtype) * (1 - eps) + eps).to(x.device)
     sigma = sde.sigma(t)
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     score = model(x + sigma[:, None, None, None] * z, sigma)
     per_sample = 0.5 * torch.square(score * sigma[:, None, None, None] + z).reshape(b, -1).sum(-1)
     return per_sample.mean()

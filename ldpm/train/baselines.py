@@ -42,7 +42,8 @@ from ..models.unet import UnetRecon
 from ..models.varnet import VarNet, load_official_checkpoint
 from ..mri import ifft2c
 from ..sampling.score_pc import score_pc_sample
-from .loop import random_batch, resolve_n_steps, train, undersampled_batch
+from .loop import random_batch, resolve_n_steps, sync_gradients, train, undersampled_batch
+from .runtime import Runtime
 
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 _MASKS = {"acceleration": 8, "center_fraction": 0.04}
@@ -180,7 +181,7 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win: int = 7, k1: float 
               k2: float = 0.03) -> torch.Tensor:
     """fastMRI's ``SSIMLoss``: ``1 - SSIM`` with a 7x7 uniform window, range = target max."""
     data_range = target.flatten(1).amax(1).view(-1, 1, 1, 1)
-    w = torch.ones(1, 1, win, win, dtype=pred.dtype) / win ** 2
+    w = torch.ones(1, 1, win, win, dtype=pred.dtype, device=pred.device) / win ** 2
     cov = win ** 2 / (win ** 2 - 1)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     ux, uy = F.conv2d(pred, w), F.conv2d(target, w)
@@ -233,28 +234,31 @@ def make_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
 
 def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | None,
                    ckpt_dir: str | Path, seed: int = 0, n_steps: int | None = None,
-                   log: bool = True, stop_after: int | None = None) -> nn.Module:
+                   log: bool = True, stop_after: int | None = None,
+                   runtime: Runtime | None = None) -> nn.Module:
     """Train baseline ``name`` on ``images`` [N, 1, H, W] in [0, 1]; resumable from
     ``ckpt_dir/last.pt``; writes ``ckpt_dir/final`` and returns the (EMA) model in eval mode.
 
     ``cfg``: overrides of :data:`DEFAULT_CONFIGS` ``[name]`` (shallow per key).
     """
     cfg = baseline_config(name, cfg)
+    rt = runtime or Runtime()
     images = torch.as_tensor(images, dtype=torch.float32)
     if images.ndim != 4 or images.shape[1] != 1:
         raise LdpmInputError("train images", f"shape {tuple(images.shape)}", "pass [N, 1, H, W]")
+    images = images.to(rt.device)
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     steps_per_epoch = max(1, math.ceil(len(images) / int(cfg["batch_size"])))
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(seed)
-        model = build_model(name, cfg)
+        model = build_model(name, cfg).to(rt.device)
     opt = make_optimizer(cfg, model.parameters())
     modules: dict[str, nn.Module] = {"model": model}
     ema_decay = float(cfg.get("ema") or 0.0)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
     if ema is not None:
         modules["ema"] = ema
-    crit = SwinMRLoss(cfg.get("loss")) if name == "swinmr" else None
+    crit = SwinMRLoss(cfg.get("loss")).to(rt.device) if name == "swinmr" else None
     notes = [crit.note] if crit is not None and crit.note else []
     clip = cfg.get("grad_clip")
 
@@ -262,7 +266,8 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         crop = cfg.get("crop")
-        x = random_batch(images, int(cfg["batch_size"]), None if image_domain else crop, gen)
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])),
+                         None if image_domain else crop, gen)
         batch = make_batch(x, int(cfg["acceleration"]), float(cfg["center_fraction"]), seed, step)
         if image_domain and crop:
             batch = crop_pair(batch, int(crop), gen)
@@ -272,6 +277,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
+            sync_gradients(opt, rt)  # clip the averaged gradients, as DistributedDataParallel does
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         opt.step()
         if ema is not None:
@@ -287,7 +293,8 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
                   d / "model.safetensors")
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 int(cfg["ckpt_every"]), log, f"baseline_{name}", cfg, notes, stop_after)
+                 int(cfg["ckpt_every"]), log, f"baseline_{name}", cfg, notes, stop_after,
+                 runtime=rt)
     if meta["steps_done"] == n_steps:
         return load_baseline(ckpt_dir)[0]
     return (ema if ema is not None else model).eval()

@@ -21,6 +21,7 @@ from ..sampling import base_alphas_cumprod
 from .denoiser import noisy_latents
 from .loop import freeze, random_batch, resolve_n_steps, train, undersampled_batch
 from .presets import DEFAULT_CONFIG
+from .runtime import Runtime
 
 STAGE = "controlnet"
 
@@ -40,20 +41,23 @@ def controlnet_loss(model: MRControlNet, sketcher: Sketcher, vae: AutoencoderKL,
 def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
                      sketcher: Sketcher, vae: AutoencoderKL, denoiser: UNet2DConditionModel,
                      null_embedding: torch.Tensor, seed: int = 0, n_steps: int | None = None,
-                     log: bool = True, stop_after: int | None = None) -> MRControlNet:
+                     log: bool = True, stop_after: int | None = None,
+                     runtime: Runtime | None = None) -> MRControlNet:
     """Train the control branch; writes ``ckpt_dir/final`` (controlnet weights + config + null
     embedding) and returns the :class:`MRControlNet`."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
-    sketcher, vae = freeze(sketcher), freeze(vae)
+    rt = runtime or Runtime()
+    sketcher, vae = freeze(sketcher).to(rt.device), freeze(vae).to(rt.device)
+    images = images.to(rt.device)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = MRControlNet.from_denoiser(denoiser, null_embedding)
+        model = MRControlNet.from_denoiser(denoiser, null_embedding).to(rt.device)
     opt = torch.optim.AdamW(model.controlnet.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
     abar = base_alphas_cumprod()
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, int(cfg["batch_size"]), cfg["crop"], gen)
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
         loss = controlnet_loss(model, sketcher, vae, x, abar, gen, int(cfg["acceleration"]),
                                float(cfg["center_fraction"]), seed, step)
         opt.zero_grad(set_to_none=True)
@@ -66,8 +70,9 @@ def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_d
         save_file({"null": model.null_embedding.contiguous()}, d / NULL_EMBEDDING_FILE)
 
     meta = train(step_fn, {"controlnet": model.controlnet}, {"opt": opt}, ckpt_dir, n_steps, seed,
-                 save_final, int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after)
-    return load_controlnet(ckpt_dir, denoiser) if meta["steps_done"] == n_steps else model.eval()
+                 save_final, int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after,
+                 runtime=rt)
+    return load_controlnet(ckpt_dir, denoiser.cpu()) if meta["steps_done"] == n_steps else model.eval()
 
 
 def load_controlnet(ckpt_dir: str | Path, denoiser: UNet2DConditionModel) -> MRControlNet:

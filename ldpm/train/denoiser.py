@@ -20,6 +20,7 @@ from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
 from .loop import random_batch, resolve_n_steps, train
 from .presets import DEFAULT_CONFIG
+from .runtime import Runtime
 
 STAGE = "denoiser"
 
@@ -34,9 +35,9 @@ def noisy_latents(z: torch.Tensor, abar: torch.Tensor, gen: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 6: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``z_t = sqrt(abar_t) z + sqrt(1-abar_t) eps``."""
     t = torch.randint(len(abar), (z.shape[0],), generator=gen)
-    eps = torch.randn(z.shape, generator=gen)
-    a = abar[t].to(z.dtype).view(-1, 1, 1, 1)
-    return a.sqrt() * z + (1 - a).sqrt() * eps, t, eps
+    eps = torch.randn(z.shape, generator=gen).to(z.device)
+    a = abar[t].to(device=z.device, dtype=z.dtype).view(-1, 1, 1, 1)
+    return a.sqrt() * z + (1 - a).sqrt() * eps, t.to(z.device), eps
 
 
 def denoiser_loss(eps_model: torch.nn.Module, z: torch.Tensor, abar: torch.Tensor,
@@ -48,28 +49,30 @@ def denoiser_loss(eps_model: torch.nn.Module, z: torch.Tensor, abar: torch.Tenso
 
 def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
                    vae: AutoencoderKL, seed: int = 0, n_steps: int | None = None,
-                   log: bool = True, stop_after: int | None = None
-                   ) -> tuple[UNet2DConditionModel, torch.Tensor]:
+                   log: bool = True, stop_after: int | None = None,
+                   runtime: Runtime | None = None) -> tuple[UNet2DConditionModel, torch.Tensor]:
     """Train a config-built U-Net on the latents of ``images`` (and their mirror images if
     ``flip``); writes ``ckpt_dir/final`` (``save_pretrained`` + null embedding) and returns
     ``(unet, null_embedding)``."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
-    vae = vae.eval().requires_grad_(False)
+    rt = runtime or Runtime()
+    vae = vae.eval().requires_grad_(False).to(rt.device)
+    images = images.to(rt.device)
     latents = encode_images(vae, images)
     if cfg.get("flip"):
         latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = build_denoiser(cfg.get("model"))
-    null = null_text_embedding(unet)
+        unet = build_denoiser(cfg.get("model")).to(rt.device)
+    null = null_text_embedding(unet).to(rt.device)
     eps_model = NullContextEps(unet, null)
     abar = base_alphas_cumprod()
     opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
     crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        z = random_batch(latents, int(cfg["batch_size"]), crop, gen)
+        z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
         loss = denoiser_loss(eps_model, z, abar, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,7 +84,7 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
         save_file({"null": null.contiguous()}, d / NULL_EMBEDDING_FILE)
 
     meta = train(step_fn, {"unet": unet}, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after,
+                 int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after, runtime=rt,
                  meta_extra=lambda: {"vae_scaling_factor": float(vae.config.scaling_factor),
                                      "latent_std": float(latents.std())})
     return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else (unet.eval(), null)

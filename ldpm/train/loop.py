@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import LdpmInputError
 from ..io import atomic_path, write_text_atomic
 from ..mri import RandomMaskFunc, ifft2c, undersample
+from .runtime import Runtime
 
 StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
 
@@ -52,7 +53,7 @@ def random_batch(images: torch.Tensor, batch_size: int, crop: int | None,
     n, _, h, w = images.shape
     idx = torch.randint(n, (batch_size,), generator=generator)
     if crop is None or (crop >= h and crop >= w):
-        return images[idx].clone()
+        return images[idx.to(images.device)].clone()
     ch, cw = min(crop, h), min(crop, w)
     tops = torch.randint(h - ch + 1, (batch_size,), generator=generator)
     lefts = torch.randint(w - cw + 1, (batch_size,), generator=generator)
@@ -138,20 +139,45 @@ def _resumable(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in _jsonable(dict(config or {})).items() if k not in LENGTH_KEYS}
 
 
+def sync_gradients(optimizer: torch.optim.Optimizer, runtime: Runtime) -> None:
+    """Average ``optimizer``'s gradients over the data-parallel ranks now (no-op in one process).
+
+    :func:`train` does this just before each ``optimizer.step()``; a step function that works on
+    the gradients before stepping (e.g. clips their norm) calls it first, and the step then does
+    not average them twice.
+    """
+    runtime.sync_gradients(p for g in optimizer.param_groups for p in g["params"])
+    optimizer._ldpm_grads_synced = True  # type: ignore[attr-defined]
+
+
+def _sync_before_step(optimizer: torch.optim.Optimizer, runtime: Runtime):
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not getattr(opt, "_ldpm_grads_synced", False):
+            sync_gradients(opt, runtime)
+        opt._ldpm_grads_synced = False  # type: ignore[attr-defined]
+    return optimizer.register_step_pre_hook(hook)
+
+
 def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
           optimizers: Mapping[str, torch.optim.Optimizer], ckpt_dir: str | Path, n_steps: int,
           seed: int, save_final: Callable[[Path], None], ckpt_every: int = 100,
           log: bool = True, stage: str = "train", config: Mapping[str, Any] | None = None,
           notes: Iterable[str] = (), stop_after: int | None = None,
-          meta_extra: Callable[[], Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Run ``step_fn(step, step_generator(seed, step))`` for steps ``[start, n_steps)``.
+          meta_extra: Callable[[], Mapping[str, Any]] | None = None,
+          runtime: Runtime | None = None) -> dict[str, Any]:
+    """Run ``step_fn(step, runtime.generator(seed, step))`` for steps ``[start, n_steps)``.
 
     ``step_fn`` does the forward/backward/optimizer update and returns scalars to log (``loss``
     first). ``modules``/``optimizers`` are the states saved in ``last.pt`` (frozen modules need
     not be listed). Resumes from ``ckpt_dir/last.pt`` if present. ``stop_after`` ends this call
     after that many steps (a checkpoint is written, no ``final/``), as an interruption would.
     Writes ``final/`` via ``save_final(tmp_dir)`` once all steps are done. Returns the meta dict.
+
+    ``runtime`` (default: one process on the CPU): with several data-parallel ranks, gradients
+    are averaged before every optimizer step, logged scalars are averaged, and only rank 0
+    writes files (:mod:`ldpm.train.runtime`). ``modules`` must already be on its device.
     """
+    rt = runtime or Runtime()
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last, final = ckpt_dir / "last.pt", ckpt_dir / "final"
@@ -174,7 +200,11 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
             raise LdpmInputError(last, f"holds {start} steps, more than the {n_steps} asked",
                                  "ask for at least as many steps, or delete the checkpoint folder")
 
+    rt.broadcast_parameters(modules.values())
+
     def checkpoint(step: int) -> None:
+        if not rt.is_main:
+            return
         _save_torch_atomic({
             "stage": stage, "seed": seed, "step": step, "rows": rows, "seconds": seconds,
             "config": _jsonable(dict(config or {})),
@@ -185,15 +215,17 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
 
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    hooks = [_sync_before_step(o, rt) for o in optimizers.values()] if rt.distributed else []
     try:
         for m in modules.values():
             m.train()
         end = n_steps if stop_after is None else min(n_steps, start + stop_after)
-        bar = tqdm(range(start, end), desc=stage, disable=not log, initial=start, total=n_steps,
-                   leave=False)
+        bar = tqdm(range(start, end), desc=stage, disable=not (log and rt.is_main), initial=start,
+                   total=n_steps, leave=False)
         t0, base = time.perf_counter(), seconds
         for step in bar:
-            out = {k: float(v) for k, v in step_fn(step, step_generator(seed, step)).items()}
+            out = {k: float(v) for k, v in step_fn(step, rt.generator(seed, step)).items()}
+            out = rt.mean_scalars(out)
             rows.append({"step": step, **out})
             if log and "loss" in out:
                 bar.set_postfix(loss=f"{out['loss']:.4g}")
@@ -204,10 +236,16 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
         done = end
     finally:
         torch.use_deterministic_algorithms(prev_det)
+        for h in hooks:
+            h.remove()
 
     meta = {"stage": stage, "seed": seed, "n_steps": n_steps, "steps_done": done,
             "seconds": round(seconds, 3), "config": _jsonable(dict(config or {})),
-            "notes": list(notes), "torch": torch.__version__}
+            "notes": list(notes), "torch": torch.__version__,
+            "device": str(rt.device), "world_size": rt.world_size}
+    if not rt.is_main:
+        rt.barrier()  # rank 0 writes final/ and meta.json; every rank returns once they exist
+        return meta
     if done == n_steps and (not final.is_dir() or done > start):
         for m in modules.values():
             m.eval()
@@ -215,4 +253,5 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
     if meta_extra is not None:
         meta.update(_jsonable(dict(meta_extra())))
     write_text_atomic(ckpt_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+    rt.barrier()
     return meta

@@ -13,6 +13,7 @@ from ..errors import LdpmInputError
 from ..models import Sketcher, SwinIR
 from .loop import random_batch, resolve_n_steps, train, undersampled_batch
 from .presets import DEFAULT_CONFIG
+from .runtime import Runtime
 
 STAGE = "sketcher"
 
@@ -26,18 +27,20 @@ def sketcher_loss(model: Sketcher, x: torch.Tensor, acceleration: int, center_fr
 
 def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
                    seed: int = 0, n_steps: int | None = None, log: bool = True,
-                   stop_after: int | None = None) -> Sketcher:
+                   stop_after: int | None = None, runtime: Runtime | None = None) -> Sketcher:
     """Train R on ``images`` [N, 1, H, W] in [0, 1]; writes ``ckpt_dir/final/{config.json,
     model.safetensors}`` and returns the trained :class:`Sketcher`."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
+    rt = runtime or Runtime()
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Sketcher(SwinIR(cfg["model"]))
+        model = Sketcher(SwinIR(cfg["model"])).to(rt.device)
+    images = images.to(rt.device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, int(cfg["batch_size"]), cfg["crop"], gen)
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
         loss = sketcher_loss(model, x, int(cfg["acceleration"]), float(cfg["center_fraction"]),
                              seed, step)
         opt.zero_grad(set_to_none=True)
@@ -51,7 +54,7 @@ def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
                   d / "model.safetensors")
 
     meta = train(step_fn, {"model": model}, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after)
+                 int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after, runtime=rt)
     return load_sketcher(ckpt_dir) if meta["steps_done"] == n_steps else model.eval()
 
 

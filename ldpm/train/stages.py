@@ -77,10 +77,17 @@ def _need(deps: Mapping[str, Path], *names: str) -> None:
 
 def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: Mapping | None,
               preset: str, seed: int, deps: Mapping[str, Path],
-              pretrained: Mapping[str, str | None]) -> None:
-    """Train ``stage`` on the manifest's training split into ``out_dir`` (resumable)."""
+              pretrained: Mapping[str, str | None], device: str = "auto") -> None:
+    """Train ``stage`` on the manifest's training split into ``out_dir`` (resumable).
+
+    ``device``: ``auto`` (a GPU if one is visible), ``cpu`` or ``cuda``; under torchrun each rank
+    trains data-parallel on its own GPU (:mod:`ldpm.train.runtime`).
+    """
     if stage not in STAGES:
         raise LdpmInputError(f"stage {stage!r}", "unknown stage", f"use one of: {', '.join(STAGES)}")
+    from .runtime import current_runtime
+
+    rt = current_runtime(device)
     cfg = stage_config(stage, overrides, preset)
     images = training_images(manifest)
     sd_path = pretrained.get("sd_path") or None
@@ -89,22 +96,22 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
 
         if stage == "swinmr" and pretrained.get("vgg19_path"):
             cfg["loss"] = {**(cfg.get("loss") or {}), "vgg19_weights": pretrained["vgg19_path"]}
-        train_baseline(stage, images, cfg, out_dir, seed=seed)
+        train_baseline(stage, images, cfg, out_dir, seed=seed, runtime=rt)
     elif stage == "sketcher":
         from .sketcher import train_sketcher
 
-        train_sketcher(images, cfg, out_dir, seed=seed)
+        train_sketcher(images, cfg, out_dir, seed=seed, runtime=rt)
     elif stage == "vae":
         from .vae import train_vae
 
         train_vae(images, cfg, out_dir, seed=seed, sd_path=sd_path,
-                  vgg_weights=pretrained.get("vgg16_path") or None)
+                  vgg_weights=pretrained.get("vgg16_path") or None, runtime=rt)
     elif stage == "denoiser":
         from .denoiser import train_denoiser
         from .vae import load_vae
 
         _need(deps, "vae")
-        train_denoiser(images, cfg, out_dir, load_vae(deps["vae"]), seed=seed)
+        train_denoiser(images, cfg, out_dir, load_vae(deps["vae"]), seed=seed, runtime=rt)
     else:  # controlnet
         from .controlnet import train_controlnet
         from .sketcher import load_sketcher
@@ -113,4 +120,4 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
         _need(deps, "sketcher", "vae")
         denoiser, null = load_prior(deps, sd_path)
         train_controlnet(images, cfg, out_dir, load_sketcher(deps["sketcher"]), load_vae(deps["vae"]),
-                         denoiser, null, seed=seed)
+                         denoiser, null, seed=seed, runtime=rt)

@@ -18,6 +18,7 @@ from ..models import PatchDiscriminator, VGGPerceptual, build_vae, from_vae_outp
 from ..models.vae import VGG_OFF_NOTE
 from .loop import random_batch, resolve_n_steps, train
 from .presets import DEFAULT_CONFIG
+from .runtime import Runtime
 
 STAGE = "vae"
 
@@ -53,17 +54,19 @@ def vae_losses(vae: AutoencoderKL, disc: PatchDiscriminator, vgg: VGGPerceptual,
 def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
               seed: int = 0, n_steps: int | None = None, sd_path: str | Path | None = None,
               vgg_weights: str | Path | None = None, log: bool = True,
-              stop_after: int | None = None) -> AutoencoderKL:
+              stop_after: int | None = None, runtime: Runtime | None = None) -> AutoencoderKL:
     """Train (or fine-tune SD's, with ``sd_path``) the VAE; writes ``ckpt_dir/final`` with
     ``AutoencoderKL.save_pretrained`` and returns the trained VAE."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     w = {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65, **(cfg.get("loss_weights") or {})}
+    rt = runtime or Runtime()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae = build_vae(cfg.get("model"), sd_path)
-        disc = PatchDiscriminator(3, **(cfg.get("disc") or {}))
-    vgg = VGGPerceptual(vgg_weights)
+        vae = build_vae(cfg.get("model"), sd_path).to(rt.device)
+        disc = PatchDiscriminator(3, **(cfg.get("disc") or {})).to(rt.device)
+    vgg = VGGPerceptual(vgg_weights).to(rt.device)
+    images = images.to(rt.device)
     notes = [] if vgg.enabled else [VGG_OFF_NOTE]
     betas = tuple(cfg.get("betas") or (0.5, 0.9))  # LDM's autoencoder betas
     opt_g = torch.optim.Adam(vae.parameters(), lr=float(cfg["lr"]), betas=betas)
@@ -71,14 +74,14 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
     disc_start = int(cfg["disc_start"])
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, int(cfg["batch_size"]), cfg["crop"], gen)
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
         use_gan = step >= disc_start and w["lambda"] > 0
         parts = vae_losses(vae, disc, vgg, x, gen, w, use_gan)
         loss, rec, inp = parts["loss"], parts.pop("rec"), parts.pop("inp")
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
-        d_loss = torch.zeros(())
+        d_loss = torch.zeros((), device=rt.device)
         if use_gan:  # hinge loss
             d_loss = 0.5 * (F.relu(1.0 - disc(inp)).mean() + F.relu(1.0 + disc(rec.detach())).mean())
             opt_d.zero_grad(set_to_none=True)
@@ -96,7 +99,7 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
 
     meta = train(step_fn, {"vae": vae, "disc": disc}, {"opt_g": opt_g, "opt_d": opt_d}, ckpt_dir,
                  n_steps, seed, save_final, int(cfg["ckpt_every"]), log, STAGE, cfg, notes,
-                 stop_after=stop_after,
+                 stop_after=stop_after, runtime=rt,
                  meta_extra=lambda: {"sd_path": str(sd_path) if sd_path else None,
                                      "vgg_weights": str(vgg_weights) if vgg_weights else None,
                                      **fitted})

@@ -1,0 +1,139 @@
+"""Where a training job runs: its device, and its rank among data-parallel processes.
+
+A job is one plain process (CPU or one GPU) or ``torchrun --nproc-per-node=N`` ranks, one per GPU
+(``ldpm/launch.py`` picks). :func:`current_runtime` reads torchrun's environment
+(``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``), joins the process group (NCCL on GPUs, Gloo on CPU)
+and pins ``cuda:LOCAL_RANK``. The training loop then does data parallelism the way
+``DistributedDataParallel`` does, without wrapping the models (so every stage's step function
+stays as it is):
+
+* every rank starts from the same weights (seeded initialisation, then a broadcast from rank 0);
+* step ``i`` of rank ``r`` draws its own batch of ``batch_size / N`` samples from
+  :meth:`Runtime.generator` ``(seed, i)`` (seeded by ``(seed, i, r, N)``; one process: exactly
+  ``loop.step_generator(seed, i)``), so the N ranks together see ``batch_size`` samples;
+* before an optimizer steps, the gradients of its parameters are averaged over the ranks
+  (:meth:`Runtime.sync_gradients`, one all-reduce per optimizer and step; a parameter no rank
+  has a gradient for keeps ``None``, so it is skipped as in one process);
+* only rank 0 writes checkpoints, logs and ``final/``; all ranks meet at the end.
+
+Differences from one process with the full batch: per-rank BatchNorm statistics (rank 0's are
+saved) and a different draw of samples, so N-rank runs are seeded and repeatable for a given N,
+but not bit-identical to 1-rank runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import LdpmInputError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device of this process and its place among ``world_size`` data-parallel ranks."""
+
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def local_batch(self, batch_size: int) -> int:
+        """This rank's share of a step's ``batch_size`` samples."""
+        if batch_size % self.world_size:
+            raise LdpmInputError(f"batch_size {batch_size}", f"does not split over {self.world_size} "
+                                 "ranks", f"use a multiple of {self.world_size}, or fewer GPUs")
+        return batch_size // self.world_size
+
+    def generator(self, seed: int, step: int) -> torch.Generator:
+        """The CPU generator of ``step`` on this rank (one process: ``step_generator(seed, step)``)."""
+        from .loop import step_generator
+
+        if not self.distributed:
+            return step_generator(seed, step)
+        s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), self.rank, self.world_size])
+        a, b = s.generate_state(2, np.uint32)
+        return torch.Generator(device="cpu").manual_seed(int(a) << 32 | int(b))
+
+    def broadcast_parameters(self, modules: Iterable[nn.Module]) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        if not self.distributed:
+            return
+        for m in modules:
+            for t in [*m.parameters(), *m.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def sync_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Average ``params``' gradients over the ranks (in place)."""
+        if not self.distributed:
+            return
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            return
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                           device=self.device)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        live = [p for p, h in zip(params, has.tolist()) if h]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for dtype in {p.grad.dtype for p in live}:
+            grads = [p.grad for p in live if p.grad.dtype == dtype]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def mean_scalars(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean of each logged scalar over the ranks (one process: unchanged)."""
+        if not self.distributed or not values:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(values, (t / self.world_size).tolist()))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: ``cuda:local_rank`` if a GPU is visible, else CPU; ``cuda`` without one is refused."""
+    if device not in DEVICES:
+        raise LdpmInputError(f"device {device!r}", "unknown device", f"use one of: {', '.join(DEVICES)}")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise LdpmInputError("device 'cuda'", "no GPU is visible to this process",
+                             "use --device auto or cpu, or run on a GPU node")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def current_runtime(device: str = "auto") -> Runtime:
+    """The runtime of this process: torchrun's rank (if launched by it) and ``device``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(device=dev, rank=rank, world_size=world)

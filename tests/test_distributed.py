@@ -1,0 +1,93 @@
+"""Data-parallel training: torchrun ranks on the CPU (Gloo) average gradients and agree on weights."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldpm.errors import LdpmInputError
+from ldpm.train import step_generator
+from ldpm.train.runtime import Runtime, resolve_device
+
+WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
+
+
+def test_one_process_runtime_is_the_plain_loop():
+    rt = Runtime()
+    assert not rt.distributed and rt.is_main and rt.local_batch(6) == 6
+    assert torch.equal(torch.rand(4, generator=rt.generator(5, 7)),
+                       torch.rand(4, generator=step_generator(5, 7)))
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    rt.sync_gradients([p])
+    assert torch.equal(p.grad, torch.ones(2))
+
+
+def test_ranks_draw_different_batches_and_split_the_batch_size():
+    r0, r1 = Runtime(rank=0, world_size=2), Runtime(rank=1, world_size=2)
+    assert r0.local_batch(8) == 4
+    assert not torch.equal(torch.rand(4, generator=r0.generator(0, 3)),
+                           torch.rand(4, generator=r1.generator(0, 3)))
+    with pytest.raises(LdpmInputError, match="multiple of 2"):
+        r0.local_batch(5)
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(LdpmInputError, match="no GPU"):
+            resolve_device("cuda")
+    with pytest.raises(LdpmInputError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_two_torchrun_ranks_train_one_model(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", str(WORKER), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for res in ranks:
+        assert res["world"] == 2
+        assert res["a"] == [1.5] * 3           # (1 + 2) / 2
+        assert res["b"] == [0.5] * 3           # rank 0's gradient, rank 1 counts as zero
+        assert res["c_is_none"]                # no rank had one: the optimizer skips it
+    # gradients averaged every step: both ranks end with the same weights
+    assert ranks[0]["params_sum"] == ranks[1]["params_sum"]
+    assert ranks[0]["params_abs"] == ranks[1]["params_abs"]
+    meta = json.loads((tmp_path / "sketcher" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["steps_done"] == 3
+    assert (tmp_path / "sketcher" / "final" / "model.safetensors").is_file()
+    rows = (tmp_path / "sketcher" / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3                  # one row per step, written once (rank 0)
+
+
+def test_launcher_with_two_gpus_trains_a_stage_data_parallel(make_fastmri_file, tmp_path):
+    """The train rule's command with ``--gpus 2``: torchrun, two ranks, one checkpoint (CPU here)."""
+    from ldpm.data.store import build_manifest, preprocess_volume
+
+    stores = []
+    for i, pid in enumerate(("p001", "p002", "p003")):
+        raw = make_fastmri_file(f"file_brain_AXT2_200_{6002000 + i}.h5", patient_id=pid, seed=i)
+        stores.append(preprocess_volume(raw, tmp_path / f"store{i}.h5", crop_size=16,
+                                        drop_last_slices=0))
+    manifest = tmp_path / "manifest.csv"
+    build_manifest(stores, manifest, {"train": 0.7, "val": 0.0, "test": 0.3}, seed=0)
+    overrides = {"model": {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8},
+                 "batch_size": 2, "crop": 16, "n_steps": 2, "ckpt_every": 1}
+    out = tmp_path / "sketcher"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ldpm.launch", "--gpus", "2", "--", "--stage", "sketcher",
+         "--manifest", str(manifest), "--out-dir", str(out), "--overrides", json.dumps(overrides),
+         "--seed", "0", "--device", "cpu"],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["device"] == "cpu" and meta["steps_done"] == 2
+    assert (out / "final" / "model.safetensors").is_file()
