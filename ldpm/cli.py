@@ -92,8 +92,11 @@ def reconstruct(a: argparse.Namespace) -> None:
     """Reconstruct one test shard with one method."""
     from .methods import reconstruct_shard
 
+    from .train.runtime import resolve_device
+
+    options = {**a.options, "device": str(resolve_device(a.device))}
     reconstruct_shard(a.method, a.shard_data, a.output, checkpoints=dict(a.checkpoint or []),
-                      options=a.options)
+                      options=options)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -179,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=_named_path, action="append", metavar="STAGE=FOLDER",
                    help="a trained model folder, e.g. unet=results/models/unet (repeatable)")
     s.add_argument("--options", type=_json, default={}, help="method options as JSON")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: a GPU if one is visible, else the CPU")
 
     s = sub.add_parser("evaluate", help=evaluate.__doc__)
     s.add_argument("--method", required=True)

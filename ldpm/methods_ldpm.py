@@ -86,7 +86,9 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
 
     switches = {**VARIANTS[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
                                         if k in options}}
-    sketcher, vae, mrcn = load_ldpm(checkpoints, switches["vae"], options.get("sd_path"))
+    dev = torch.device(options.get("device", "cpu"))
+    sketcher, vae, mrcn = (m.to(dev) for m in load_ldpm(checkpoints, switches["vae"],
+                                                         options.get("sd_path")))
     sampler = DualStageSampler(n_steps=int(options.get("n_steps", 25)), p=int(options.get("p", 200)),
                                guidance_scale=float(options.get("guidance_scale", 0.1)),
                                use_dss=switches["sampler"] == "dss")
@@ -94,8 +96,8 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     seeds = options["slice_seeds"]
     out = np.zeros(k_u.shape, np.float32)
     for i in range(len(k_u)):
-        k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + 1])).to(torch.complex64)[:, None]
-        m = torch.from_numpy(np.ascontiguousarray(mask[i:i + 1], dtype=np.float32))[:, None, None]
+        k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + 1])).to(dev, torch.complex64)[:, None]
+        m = torch.from_numpy(np.ascontiguousarray(mask[i:i + 1], dtype=np.float32)).to(dev)[:, None, None]
         x_u = ifft2c(k).abs()
         scale = x_u.amax().clamp_min(1e-12)
         k, x_u = k / scale, x_u / scale
@@ -103,7 +105,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
             c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
         gen = torch.Generator().manual_seed(int(seeds[i]))
         x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gen)
-        out[i] = (x[0, 0] * scale).numpy()
+        out[i] = (x[0, 0] * scale).cpu().numpy()
     return out
 
 

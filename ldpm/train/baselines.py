@@ -330,8 +330,10 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
     its noise from ``(seed, i)``).
     """
     opts = dict(options or {})
-    k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(torch.complex64)
-    m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32)
+    dev = torch.device(opts.get("device", "cpu"))
+    model = model.to(dev)
+    k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(device=dev, dtype=torch.complex64)
+    m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=torch.float32)
     bs = int(opts.get("batch_size", 8))
     samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in (
         "n_steps", "snr", "n_corrector", "eps", "predictor") if k in opts}}
@@ -356,6 +358,6 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
                                       str(samp.get("predictor", "reverse_diffusion"))).abs()[:, None]
             else:
                 rec = model(x_u)
-            out.append((rec * s)[:, 0].float().numpy())
+            out.append((rec * s)[:, 0].float().cpu().numpy())
     h, w = k_all.shape[-2:]
     return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
