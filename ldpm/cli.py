@@ -128,6 +128,27 @@ def provenance(a: argparse.Namespace) -> None:
     write_provenance(a.output, config_json=a.config, hashed_files=a.hash)
 
 
+# --------------------------------------------------------------------------- DiffCode (seed 002)
+@command
+def diffcode_train(a: argparse.Namespace) -> None:
+    """Train one DiffCode stage (bank, retrieval, restore*, unet, swinir); resumable."""
+    from .diffcode.train import train_stage
+
+    if a.config.get("stage") != a.stage:
+        raise LdpmInputError("--config", f"is the config of stage {a.config.get('stage')!r}, not {a.stage!r}",
+                             "pass ldpm.diffcode.config.stage_config(config, stage) as JSON")
+    train_stage(a.config, a.manifest, a.out_dir, a.seed, deps=dict(a.dep or []), device=a.device)
+
+
+@command
+def diffcode_evaluate(a: argparse.Namespace) -> None:
+    """Score one DiffCode-family method on every task's test set (PSNR/SSIM/RMSE per task)."""
+    from .diffcode.evaluate import evaluate_method
+
+    evaluate_method(a.method, a.shards, dict(a.model or []), a.config, a.output, a.per_volume,
+                    device=a.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ldpm", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -207,6 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", type=Path, required=True)
     s.add_argument("--config", required=True, help="the run's config as JSON")
     s.add_argument("--hash", type=Path, nargs="*", default=[], help="files whose SHA-256 to record")
+
+    s = sub.add_parser("diffcode-train", help=diffcode_train.__doc__)
+    s.add_argument("--stage", required=True)
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--config", type=_json, required=True, help="the stage's resolved config as JSON")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--dep", type=_named_path, action="append", metavar="STAGE=FOLDER",
+                   help="an earlier DiffCode stage, e.g. bank=results/models/diffcode_bank")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    s = sub.add_parser("diffcode-evaluate", help=diffcode_evaluate.__doc__)
+    s.add_argument("--method", required=True)
+    s.add_argument("--shards", type=Path, nargs="+", required=True, help="all test shards")
+    s.add_argument("--model", type=_named_path, action="append", metavar="STAGE=FOLDER",
+                   help="a trained stage the method uses (repeatable)")
+    s.add_argument("--config", type=_json, required=True, help="the evaluation config as JSON")
+    s.add_argument("--output", type=Path, required=True, help="summary JSON")
+    s.add_argument("--per-volume", type=Path, required=True, help="per-volume CSV")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     return p
 
 

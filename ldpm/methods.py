@@ -7,6 +7,8 @@ simulate the measurement ``k_u = M * F(x)`` with the stored mask; the method the
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -14,7 +16,7 @@ import h5py
 import numpy as np
 
 from .errors import LdpmInputError
-from .io import atomic_path
+from .io import atomic_path, write_text_atomic
 from .mri import undersample, zero_filled
 from .mri.masks import slice_seed
 
@@ -51,14 +53,21 @@ BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 def stage_dependencies(stage: str, with_sd: bool) -> list[str]:
     """Training stages that ``stage`` starts from (the DAG's edges between training rules)."""
     prior = [] if with_sd else ["denoiser"]
-    return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior]}.get(stage, [])
+    from .methods_lora import lora_stage_dependencies  # issue #9
+
+    return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior]}.get(
+        stage, lora_stage_dependencies(stage, with_sd))
 
 
 def method_stages(method: str, with_sd: bool) -> list[str]:
     """Training stages whose checkpoints ``method`` reconstructs with."""
     if method in LDPM_VARIANTS:
         return ["sketcher", "vae", "controlnet", *([] if with_sd else ["denoiser"])]
-    return [method] if method in BASELINES else []
+    if method in BASELINES:
+        return [method]
+    from .methods_lora import lora_method_stages  # issue #9: LoRA and step-count methods
+
+    return lora_method_stages(method, with_sd)
 
 
 def method_options(method: str, inference: Mapping) -> dict:
@@ -68,12 +77,16 @@ def method_options(method: str, inference: Mapping) -> dict:
         opts.update(inference.get("ldpm") or {})
     elif method == "score_mri":
         opts.update(inference.get("score_mri") or {})
+    else:
+        from .methods_lora import lora_method_options  # issue #9: LoRA and step-count methods
+
+        opts = lora_method_options(method, inference, opts)
     return opts
 
 
 def load_registry() -> dict[str, Method]:
     """All methods: importing their modules registers them (torch is only imported here)."""
-    from . import methods_baselines, methods_ldpm  # noqa: F401
+    from . import methods_baselines, methods_ldpm, methods_lora  # noqa: F401
 
     return METHODS
 
@@ -85,13 +98,23 @@ def seeds_for(volumes, slices, seed: int) -> list[int]:
             for v, s in zip(volumes, slices)]
 
 
+def timing_path(recon_path: str | Path) -> Path:
+    """``shard0.h5`` -> ``shard0.timing.json``: a method's own timings (e.g. ``sampling_seconds``,
+    the time spent sampling, networks' loading excluded) and the whole call's ``seconds``."""
+    recon_path = Path(recon_path)
+    return recon_path.with_name(f"{recon_path.stem}.timing.json")
+
+
 def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
                       checkpoints: Mapping[str, Path] | None = None,
                       options: dict | None = None) -> None:
     """Reconstruct every slice of a test shard with ``method``; write ``recon`` + keys."""
-    if method not in METHODS:
+    from .methods_lora import step_variant  # issue #9: `<method>_s<N>` = <method> with N steps
+
+    base, steps = step_variant(method)
+    if base not in METHODS:
         load_registry()
-    if method not in METHODS:
+    if base not in METHODS:
         raise LdpmInputError(f"method {method!r}", "unknown method",
                              f"use one of: {', '.join(sorted(METHODS))}")
     with h5py.File(shard_path, "r") as f:
@@ -99,15 +122,21 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
         mask = f["mask"][()]
         volume = f["volume"][()]
         slices = f["slice"][()]
-    options = dict(options or {})
+    options = dict(options or {}, **({"n_steps": steps} if steps else {}))
     options["slice_seeds"] = seeds_for(volume, slices, int(options.get("seed", 0)))
+    options["timings"] = timings = {}  # a method may record e.g. its sampling_seconds here
+    start = time.perf_counter()
     if len(target):
-        recon = METHODS[method](measure(target, mask), mask, dict(checkpoints or {}), options)
+        recon = METHODS[base](measure(target, mask), mask, dict(checkpoints or {}), options)
     else:
         recon = np.zeros_like(target, dtype=np.float32)
     if recon.shape != target.shape:
         raise LdpmInputError(f"method {method!r}", f"returned shape {recon.shape}, expected "
                              f"{target.shape}", "fix the method's output size")
+    if timings:  # clock readings go beside the recon file, which stays byte-reproducible
+        write_text_atomic(timing_path(out_path), json.dumps(
+            {"method": method, "n_slices": len(target), "seconds": time.perf_counter() - start,
+             **timings}, indent=2) + "\n")
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("recon", data=recon.astype(np.float32))

@@ -18,6 +18,7 @@ measurement alone) before sampling and scaled back after.
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,22 +80,28 @@ def condition(sketcher, x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor
 
 
 def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
-                     options: dict[str, Any], variant: str = "ldpm") -> np.ndarray:
-    """Reconstruct every slice with LDPM (or one of its ablations) -> [N, H, W] magnitudes."""
+                     options: dict[str, Any], variant: str = "ldpm", models=None) -> np.ndarray:
+    """Reconstruct every slice with LDPM (or one of its ablations) -> [N, H, W] magnitudes.
+
+    ``models``: ``(sketcher, vae, mrcn)`` to use instead of loading them from ``checkpoints``
+    (the LoRA generators of :mod:`ldpm.methods_lora`). The seconds spent sampling (loading
+    excluded) go to ``options["timings"]["sampling_seconds"]`` when that dict is given.
+    """
     from .models import vae_decode, vae_encode
     from .sampling.dual_stage import DualStageSampler
 
     switches = {**VARIANTS[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
                                         if k in options}}
     dev = torch.device(options.get("device", "cpu"))
-    sketcher, vae, mrcn = (m.to(dev) for m in load_ldpm(checkpoints, switches["vae"],
-                                                         options.get("sd_path")))
+    sketcher, vae, mrcn = (m.to(dev) for m in models or load_ldpm(checkpoints, switches["vae"],
+                                                                   options.get("sd_path")))
     sampler = DualStageSampler(n_steps=int(options.get("n_steps", 25)), p=int(options.get("p", 200)),
                                guidance_scale=float(options.get("guidance_scale", 0.1)),
                                use_dss=switches["sampler"] == "dss")
     encode, decode = partial(vae_encode, vae), partial(vae_decode, vae)
     seeds = options["slice_seeds"]
     out = np.zeros(k_u.shape, np.float32)
+    start = time.perf_counter()
     for i in range(len(k_u)):
         k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + 1])).to(dev, torch.complex64)[:, None]
         m = torch.from_numpy(np.ascontiguousarray(mask[i:i + 1], dtype=np.float32)).to(dev)[:, None, None]
@@ -106,6 +113,8 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
         gen = torch.Generator().manual_seed(int(seeds[i]))
         x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gen)
         out[i] = (x[0, 0] * scale).cpu().numpy()
+    if isinstance(options.get("timings"), dict):
+        options["timings"]["sampling_seconds"] = time.perf_counter() - start
     return out
 
 

@@ -19,6 +19,8 @@ TINY_TWO_METHODS = {
     "metrics": {"kid_subset_size": 4},
     "methods": ["zero_filled", "unet"],
     "train": {"stages": {"unet": {"n_steps": 2}}},
+    "diffcode": {"enabled": False},  # the DiffCode study would add its 14 stages and 10 methods
+    "lora": {"enabled": False},  # the LoRA study would add LDPM's stages and methods
 }
 
 

@@ -167,9 +167,9 @@ def test_second_run_with_the_same_seed_gives_identical_checkpoints_and_tables(or
             assert again.read_bytes() == table.read_bytes(), table.name
     # everything else is byte-identical too (data, reconstructions, metrics, PNGs, report.md,
     # provenance.json) except files that carry a clock: wall-clock seconds in meta.json (and
-    # the resume state), PDF creation dates, the notebook's execution times
+    # the resume state), PDF creation dates, the notebook's execution times, sampling seconds
     differ = {str(p.relative_to(origin)) for p in sorted((origin / "results").rglob("*"))
               if p.is_file() and "logs" not in p.parts
               and (second / p.relative_to(origin)).read_bytes() != p.read_bytes()}
-    clocked = {d for d in differ if d.endswith((".pdf", ".ipynb", "/meta.json", "/last.pt"))}
+    clocked = {d for d in differ if d.endswith((".pdf", ".ipynb", "/meta.json", "/last.pt", ".timing.json"))}
     assert differ == clocked, sorted(differ - clocked)

@@ -20,8 +20,16 @@ TINY = {
     "metrics": {"kid_subset_size": 4},
     # every stage trains for real, for a few steps: this tests the wiring, not the quality
     "train": {"stages": {s: {"n_steps": 3, "ckpt_every": 2} for s in (
-        "sketcher", "vae", "denoiser", "controlnet", "unet", "varnet", "swinmr", "score_mri")}},
+        "sketcher", "vae", "denoiser", "controlnet", "unet", "varnet", "swinmr", "score_mri",
+        "lora_r4", "lora_r16", "lora_t1", "lora_t2")}},
     "inference": {"n_shards": 2, "ldpm": {"n_steps": 3}, "score_mri": {"n_steps": 3}},
+    # DiffCode: every kind of stage (bank, single bank, diffusion/direct retrieval, restore with
+    # and without a prior, an all-in-one baseline), 2 steps each
+    "diffcode": {"variants": ["v1", "v3", "single"], "baselines": ["swinir"],
+                 "train": {"patch": 32, "batch_size": 2, "ckpt_every": 2},
+                 "steps": {"bank": 2, "retrieval": 2, "restore": 2, "unet": 2, "swinir": 2}},
+    "lora": {"step_counts": [2], "methods": ["ldpm_lora_r4", "ldpm_lora_r16", "ldpm_lora_t1",
+                                             "ldpm_lora_t2", "ldpm_lora_mix"]},
 }
 
 
@@ -47,6 +55,8 @@ def test_whole_dag_on_tiny_config(tmp_path):
     for n in (1, 2, 3):
         assert (res / "tables" / f"table{n}.md").is_file()
     assert (res / "report.md").is_file() and (res / "figures" / "fig3_vae.png").is_file()
+    assert all((res / "tables" / f"diffcode_table{n}.md").is_file() for n in (1, 2))
+    assert (res / "tables" / "lora.md").is_file() and (res / "notebooks" / "lora.ipynb").is_file()
     # table values are exactly the metrics the evaluate step wrote
     table = pd.read_csv(res / "tables" / "table1.csv").set_index("method")
     for method in table.index:

@@ -3,9 +3,9 @@
 Heavy imports (torch, lpips, torch-fidelity) happen only when a perceptual metric is used.
 """
 
-from ldpm.metrics.image import mse, nmse, psnr, ssim
+from ldpm.metrics.image import mse, nmse, psnr, rmse, ssim
 
-__all__ = ["mse", "nmse", "psnr", "ssim", "MetricValue", "MetricUnavailable", "lpips_score",
+__all__ = ["mse", "nmse", "psnr", "rmse", "ssim", "MetricValue", "MetricUnavailable", "lpips_score",
            "inception_features", "fid_from_features", "kid_from_features", "rfid_kid", "evaluate_method"]
 
 

@@ -35,6 +35,11 @@ def mse(gt: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean((gt - pred) ** 2))
 
 
+def rmse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Root mean squared error over all voxels (in the images' units)."""
+    return float(np.sqrt(mse(gt, pred)))
+
+
 def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
     """Normalized MSE ``||gt - pred||^2 / ||gt||^2`` (over the whole array)."""
     _check(gt, pred)

@@ -22,14 +22,14 @@ from ..errors import LdpmInputError
 TABLES = ("table1", "table2", "table3")
 
 
-def load_paper_values(path: str | Path) -> dict:
-    """The parsed file, checked: each table has a caption, a line and numeric values."""
+def load_paper_values(path: str | Path, tables: tuple[str, ...] = TABLES) -> dict:
+    """The parsed file, checked: each of ``tables`` has a caption, a line and numeric values."""
     path = Path(path)
     if not path.is_file():
         raise LdpmInputError(path, "paper values file does not exist",
                              "restore config/paper_values.yaml from the repository")
     data = yaml.safe_load(path.read_text()) or {}
-    for table in TABLES:
+    for table in tables:
         block = data.get(table)
         if not isinstance(block, Mapping) or not isinstance(block.get("values"), Mapping):
             raise LdpmInputError(path, f"no `{table}.values` mapping",

@@ -204,7 +204,8 @@ def display_table(numeric: pd.DataFrame, metrics: Sequence[tuple] = TABLE1_METRI
 
     Our columns: mean (± std), best in bold, second underlined, ``n/a`` + a footnote with the
     reason. Where the table has ``<key>_paper`` columns: ``<title> (paper)`` (the paper's value
-    as printed, 4 decimals; ``–`` if it has none) and ``Δ <title>`` (ours − paper).
+    as printed, 4 decimals; ``–`` if it has none) and, where it has ``<key>_delta``,
+    ``Δ <title>`` (ours − paper).
     """
     bold, under = ("**{}**", "_{}_") if fmt == "markdown" else (r"\textbf{{{}}}", r"\underline{{{}}}")
     names = (list(numeric["name"]) if "name" in numeric.columns
@@ -228,6 +229,7 @@ def display_table(numeric: pd.DataFrame, metrics: Sequence[tuple] = TABLE1_METRI
         shown[title] = cells
         if f"{key}_paper" in numeric.columns:
             shown[f"{title} (paper)"] = ["–" if _missing(p) else f"{p:.4f}" for p in numeric[f"{key}_paper"]]
+        if f"{key}_paper" in numeric.columns and f"{key}_delta" in numeric.columns:
             shown[f"Δ {_short(title)}"] = [
                 ("–" if _missing(p) else "n/a") if _missing(d) else f"{d:+.{dec}f}"
                 for d, p in zip(numeric[f"{key}_delta"], numeric[f"{key}_paper"])]

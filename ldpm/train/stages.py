@@ -3,7 +3,8 @@
 Stages of LDPM (in DAG order): ``sketcher``; ``vae`` (MR-VAE, fine-tuned from SD's VAE when
 ``pretrained.sd_path`` is set); ``denoiser`` (only without SD weights: an unconditional latent
 denoiser trained on MR-VAE latents, then frozen as the prior); ``controlnet`` (MRControlNet's
-control branch). Baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``.
+control branch). Baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``. LoRA study
+(issue #9, :mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``, ``lora_t1``, ``lora_t2``.
 
 Stage configs are the preset (``ldpm.train.presets`` / ``ldpm.train.baselines``, ``default`` or
 ``paper``) with the config's ``train.stages.<stage>`` overrides; an override key the preset
@@ -20,10 +21,11 @@ import torch
 
 from ..data.store import load_split
 from ..errors import LdpmInputError
+from ..methods_lora import LORA_STAGES  # issue #9: lora_r4 lora_r16 lora_t1 lora_t2 (ldpm.train.lora)
 
 LDPM_STAGES = ("sketcher", "vae", "denoiser", "controlnet")
 BASELINE_STAGES = ("unet", "varnet", "swinmr", "score_mri")
-STAGES = LDPM_STAGES + BASELINE_STAGES
+STAGES = LDPM_STAGES + BASELINE_STAGES + LORA_STAGES
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
@@ -40,6 +42,10 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str) -
     """The preset config of ``stage`` with ``overrides``; unknown override keys are refused."""
     if stage in BASELINE_STAGES:
         from .baselines import DEFAULT_CONFIGS, PAPER_CONFIGS
+
+        base = {"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][stage]
+    elif stage in LORA_STAGES:
+        from .lora import DEFAULT_CONFIGS, PAPER_CONFIGS
 
         base = {"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][stage]
     else:
@@ -112,6 +118,10 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
 
         _need(deps, "vae")
         train_denoiser(images, cfg, out_dir, load_vae(deps["vae"]), seed=seed, runtime=rt)
+    elif stage in LORA_STAGES:
+        from .lora import run_lora_stage
+
+        run_lora_stage(stage, manifest, images, cfg, out_dir, deps, sd_path, seed, runtime=rt)
     else:  # controlnet
         from .controlnet import train_controlnet
         from .sketcher import load_sketcher

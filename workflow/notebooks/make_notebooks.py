@@ -49,6 +49,54 @@ report = build.write_report(results, with_fig3=bool(with_fig3))
 print(report)'''),
 ]
 
+# The LoRA study (seed 003, issue #9): one table from results/ (ldpm.report.lora)
+LORA = [
+    ("parameters", '''# Parameters (papermill overrides these)
+results_dir = "results"
+methods = "ldpm"                     # the study's rows (ldpm.methods_lora.study_methods), comma-separated
+n_steps = 25                         # inference.ldpm.n_steps: the rows without a _s<N> suffix
+mix_weights = "0.5,0.5"              # inference.lora.mix_weights'''),
+    (None, '''from pathlib import Path
+
+from IPython.display import Markdown, display
+
+from ldpm.report.lora import make_lora_table
+
+method_list = [m for m in methods.split(",") if m]
+weights = [float(w) for w in str(mix_weights).split(",") if w]'''),
+    (None, '''# every number read from results/metrics, results/models/<stage>/meta.json and results/recon attrs
+lora_table = make_lora_table(Path(results_dir), method_list, int(n_steps), weights)
+display(Markdown(lora_table[1].read_text()))'''),
+]
+
+# DiffCode (seed 002, issue #8): its Table 1 and Table 2 from results/diffcode/metrics
+DIFFCODE = [
+    ("parameters", '''# Parameters (papermill overrides these)
+results_dir = "results"
+methods = "lq,diffcode"              # ldpm.diffcode.config.methods(config["diffcode"]), comma-separated
+tasks = "mri_sr"                     # diffcode.tasks (table order), comma-separated
+sr_scale = 4
+acceleration = 8
+denoise_sigma = 0.05
+paper_values = "config/paper_values_diffcode.yaml"'''),
+    (None, '''from pathlib import Path
+
+from IPython.display import Markdown, display
+
+from ldpm.diffcode import report
+
+levels = {"sr_scale": int(sr_scale), "acceleration": int(acceleration), "denoise_sigma": float(denoise_sigma)}
+method_list = [m for m in methods.split(",") if m]
+report.check_methods(method_list)
+task_list = [t for t in tasks.split(",") if t]'''),
+    (None, '''# DiffCode Table 1: every number read from results/diffcode/metrics/<method>.json
+table1 = report.make_table1(Path(results_dir), method_list, task_list, levels, paper_values)
+display(Markdown(table1[1].read_text()))'''),
+    (None, '''# DiffCode Table 2: (a) component analysis, (b) codebook and TARS top-k
+table2 = report.make_table2(Path(results_dir), paper_values)
+display(Markdown(table2[1].read_text()))'''),
+]
+
 
 def write(name: str, cells: list[tuple[str | None, str]]) -> None:
     nb = nbf.v4.new_notebook()
@@ -64,3 +112,5 @@ def write(name: str, cells: list[tuple[str | None, str]]) -> None:
 
 if __name__ == "__main__":
     write("report.ipynb", REPORT)
+    write("diffcode.ipynb", DIFFCODE)
+    write("lora.ipynb", LORA)

@@ -3,6 +3,7 @@ import json
 
 from ldpm.config import validate_config
 from ldpm.methods import method_options, method_stages, stage_dependencies
+from ldpm.methods_lora import study_methods
 
 # snakemake's `validate` (in the Snakefile) checks the schema; this second pass turns a
 # violation into one message that names the key and the fix, and checks cross-key rules.
@@ -13,9 +14,12 @@ NOTEBOOKS = REPO / "workflow" / "notebooks"
 DATA = "results/data"
 SHARDS = list(range(config["inference"]["n_shards"]))
 METHODS = config["methods"]
+# the LoRA study's rows (issue #9; [] when lora.enabled is false) are reconstructed like any method
+LORA_METHODS = study_methods(config)
+RECON_METHODS = list(dict.fromkeys(METHODS + LORA_METHODS))
 WITH_SD = bool(config["pretrained"].get("sd_path"))
-TRAIN_STAGES = sorted({s for m in METHODS for s in method_stages(m, WITH_SD)}
-                      | {d for m in METHODS for s in method_stages(m, WITH_SD)
+TRAIN_STAGES = sorted({s for m in RECON_METHODS for s in method_stages(m, WITH_SD)}
+                      | {d for m in RECON_METHODS for s in method_stages(m, WITH_SD)
                          for d in stage_dependencies(s, WITH_SD)})
 
 

@@ -1,3 +1,100 @@
-# diffcode: filled in by issue #8.
+# DiffCode (seed 002, issue #8): all-in-one restoration as its own method family.
+#   train (one rule, stage wildcard: bank[_single] -> retrieval[_direct|_single] -> restore*,
+#   and the all-in-one unet/swinir) -> evaluate (one job per method: per-task PSNR/SSIM/RMSE)
+#   -> report (papermill: DiffCode Tables 1 and 2). Nothing here when diffcode.enabled is false.
+from ldpm.diffcode import config as dcc
 
-DIFFCODE_OUTPUTS = []
+DIFFCODE = config["diffcode"]
+DIFFCODE_ON = bool(DIFFCODE.get("enabled"))
+DC_METHODS = dcc.methods(DIFFCODE) if DIFFCODE_ON else []
+DC_STAGES = dcc.all_stages(DIFFCODE) if DIFFCODE_ON else []
+DC_TABLES = ["diffcode_table1", "diffcode_table2"]
+PAPER_VALUES_DIFFCODE = REPO / "config" / "paper_values_diffcode.yaml"
+
+DIFFCODE_OUTPUTS = [
+    *expand("results/tables/{table}.{ext}", table=DC_TABLES, ext=["csv", "md", "tex"]),
+    "results/notebooks/diffcode.ipynb",
+] if DIFFCODE_ON else []
+# a stage's training folder
+DC_MODEL = "results/models/diffcode_{}"
+
+
+if DIFFCODE_ON:
+
+    rule diffcode_train:
+        """Train one DiffCode stage on the manifest's training split (frozen earlier stages as inputs)."""
+        input:
+            manifest=f"{DATA}/manifest.csv",
+            deps=lambda wc: [f"{DC_MODEL.format(d)}/final" for d in dcc.stage_dependencies(wc.stage)],
+        output:
+            directory("results/models/diffcode_{stage}/final"),
+        wildcard_constraints:
+            stage="|".join(DC_STAGES),
+        params:
+            cfg=lambda wc: as_json(dcc.stage_config(config, wc.stage)),
+            deps=lambda wc: " ".join(f"--dep {d}={DC_MODEL.format(d)}" for d in dcc.stage_dependencies(wc.stage)),
+            seed=config["seed"],
+        log:
+            "results/logs/diffcode/train_{stage}.log",
+        conda:
+            ENV
+        threads: 1
+        # before the (short) evaluate jobs, so that the last training jobs do not run alone
+        priority: 1
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=720,
+        shell:
+            "OMP_NUM_THREADS={threads} ldpm diffcode-train --stage {wildcards.stage}"
+            " --manifest {input.manifest} --out-dir results/models/diffcode_{wildcards.stage}"
+            " --config {params.cfg} {params.deps} --seed {params.seed} > {log} 2>&1"
+
+    rule diffcode_evaluate:
+        """One method (or the LQ input) on every task's test set: per-task PSNR/SSIM/RMSE."""
+        input:
+            shards=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
+            models=lambda wc: [f"{DC_MODEL.format(s)}/final" for s in dcc.method_stages(wc.method)],
+        output:
+            summary="results/diffcode/metrics/{method}.json",
+            per_volume="results/diffcode/metrics/{method}_per_volume.csv",
+        wildcard_constraints:
+            method="|".join(DC_METHODS),
+        params:
+            cfg=lambda wc: as_json(dcc.evaluation_config(config, wc.method)),
+            models=lambda wc: " ".join(f"--model {s}={DC_MODEL.format(s)}" for s in dcc.method_stages(wc.method)),
+        log:
+            "results/logs/diffcode/evaluate_{method}.log",
+        conda:
+            ENV
+        threads: 1
+        shell:
+            "OMP_NUM_THREADS={threads} ldpm diffcode-evaluate --method {wildcards.method}"
+            " --shards {input.shards} {params.models} --config {params.cfg}"
+            " --output {output.summary} --per-volume {output.per_volume} > {log} 2>&1"
+
+    rule diffcode_report:
+        """DiffCode Tables 1 and 2 (paper values beside ours) via papermill."""
+        input:
+            metrics=expand("results/diffcode/metrics/{method}.json", method=DC_METHODS),
+            paper=PAPER_VALUES_DIFFCODE,
+            notebook=NOTEBOOKS / "diffcode.ipynb",
+        output:
+            tables=expand("results/tables/{table}.{ext}", table=DC_TABLES, ext=["csv", "md", "tex"]),
+            notebook="results/notebooks/diffcode.ipynb",
+        params:
+            methods=",".join(DC_METHODS),
+            tasks=",".join(DIFFCODE["tasks"]),
+            sr=DIFFCODE["sr_scale"],
+            acc=config["masks"]["acceleration"],
+            sigma=DIFFCODE["denoise_sigma"],
+        log:
+            "results/logs/diffcode/report.log",
+        conda:
+            ENV
+        threads: 1
+        shell:
+            "OMP_NUM_THREADS={threads} papermill --no-progress-bar --kernel python3 {input.notebook}"
+            " {output.notebook} -p results_dir results -p methods {params.methods}"
+            " -p tasks {params.tasks} -p sr_scale {params.sr} -p acceleration {params.acc}"
+            " -p denoise_sigma {params.sigma} -p paper_values {input.paper} > {log} 2>&1"

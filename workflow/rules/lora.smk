@@ -1,3 +1,43 @@
-# lora: filled in by issue #9.
+# LoRA adaptation of LDPM's denoiser (seed 003, issue #9). Its stages (lora_r4, lora_r16,
+# lora_t1, lora_t2) go through the `train` rule and its methods (LORA_METHODS, common.smk)
+# through `reconstruct` and `evaluate`; this file only adds the table, rendered by papermill.
 
-LORA_OUTPUTS = []
+from ldpm.methods_lora import own_stages
+
+LORA_ENABLED = bool(config.get("lora", {}).get("enabled"))
+LORA_OUTPUTS = (
+    [*expand("results/tables/lora.{ext}", ext=["csv", "md", "tex"]), "results/notebooks/lora.ipynb"]
+    if LORA_ENABLED
+    else []
+)
+
+# training folders whose meta.json the table reads: each row's own stage(s)
+LORA_TABLE_MODELS = sorted({f"results/models/{s}/final" for m in LORA_METHODS for s in own_stages(m)})
+
+
+if LORA_ENABLED:
+
+    rule lora_table:
+        """LDPM (frozen) vs LoRA (two ranks, two group adapters alone and combined) vs fewer steps."""
+        input:
+            summaries=expand("results/metrics/{method}/summary.json", method=LORA_METHODS),
+            per_volume=expand("results/metrics/{method}/per_volume.csv", method=LORA_METHODS),
+            recon=expand("results/recon/{method}/shard{shard}.h5", method=LORA_METHODS, shard=SHARDS),
+            models=LORA_TABLE_MODELS,
+            notebook=NOTEBOOKS / "lora.ipynb",
+        output:
+            tables=expand("results/tables/lora.{ext}", ext=["csv", "md", "tex"]),
+            notebook="results/notebooks/lora.ipynb",
+        params:
+            methods=",".join(LORA_METHODS),
+            n_steps=config["inference"].get("ldpm", {}).get("n_steps", 25),
+            weights=",".join(str(w) for w in config["inference"].get("lora", {}).get("mix_weights", [0.5, 0.5])),
+        log:
+            "results/logs/lora_table.log",
+        conda:
+            ENV
+        threads: 1
+        shell:
+            "OMP_NUM_THREADS={threads} papermill --no-progress-bar --kernel python3 {input.notebook}"
+            " {output.notebook} -p results_dir results -p methods {params.methods}"
+            " -p n_steps {params.n_steps} -p mix_weights {params.weights} > {log} 2>&1"

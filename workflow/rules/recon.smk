@@ -9,7 +9,7 @@ rule reconstruct:
     output:
         "results/recon/{method}/shard{shard}.h5",
     wildcard_constraints:
-        method="|".join(METHODS),
+        method="|".join(RECON_METHODS),
     params:
         checkpoints=lambda wc: " ".join(f"--checkpoint {s}=results/models/{s}"
                                         for s in method_stages(wc.method, WITH_SD)),

@@ -1,0 +1,248 @@
+"""LoRA on LDPM's denoiser (issue #9): only adapter (and control) weights train, exact save/load,
+weighted combination of two adapters, the stage/method graph, and the study's table."""
+
+import copy
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ldpm.methods import (method_options, method_stages, reconstruct_shard, stage_dependencies,
+                          timing_path)
+from ldpm.methods_lora import own_stages, step_variant, study_methods
+from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
+from ldpm.models.lora import (LORA_WEIGHTS_FILE, adapter_parameters, add_lora, combine_adapters,
+                              load_lora, save_lora)
+from ldpm.sampling import base_alphas_cumprod
+from ldpm.train.controlnet import controlnet_loss
+from ldpm.train.lora import train_lora
+
+TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
+TINY_UNET = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "attention_head_dim": 4,
+             "norm_num_groups": 4}
+CFG = {"rank": 2, "alpha": None, "targets": ["to_q", "to_k", "to_v", "to_out.0"], "lora_lr": 1e-2,
+       "lr": 1e-3, "batch_size": 2, "crop": None, "n_steps": 3, "epochs": None, "ckpt_every": 2,
+       "acceleration": 4, "center_fraction": 0.08}
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    return build_denoiser(TINY_UNET)
+
+
+@pytest.fixture
+def parts():
+    torch.manual_seed(0)
+    sketcher = Sketcher(SwinIR({"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4}))
+    vae = build_vae(TINY_VAE)
+    images = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    return sketcher.eval(), vae.eval(), images
+
+
+def base_state(unet):
+    """The U-Net's own weights (peft keeps them as ``...base_layer.weight``), adapters excluded."""
+    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in unet.state_dict().items()
+            if "lora_" not in k}
+
+
+def random_adapter(unet, name, seed):
+    add_lora(unet, name, rank=2, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter_parameters(unet, name).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)  # B != 0: the adapter changes the output
+
+
+def unet_output(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.zeros(2, 1, 8)
+    with torch.no_grad():
+        return unet(z, torch.tensor([10, 500]), encoder_hidden_states=ctx).sample
+
+
+@pytest.mark.parametrize("train_control", [True, False])
+def test_training_changes_only_adapter_and_control_weights(parts, tmp_path, train_control):
+    sketcher, vae, images = parts
+    unet = tiny_unet()
+    before = base_state(unet)
+    model = MRControlNet.from_denoiser(unet, null_text_embedding(unet))
+    control_before = copy.deepcopy(model.controlnet.state_dict())
+    meta = train_lora(images, CFG, tmp_path / "run", sketcher, vae, model, "lora_x", train_control,
+                      seed=0, log=False)
+    after = base_state(unet)
+    assert set(before) == set(after)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a base U-Net weight changed"
+    lora_b = [p for n, p in adapter_parameters(unet, "lora_x").items() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "the adapter did not train"
+    control_same = all(torch.equal(control_before[k], v) for k, v in model.controlnet.state_dict().items())
+    assert control_same != train_control
+    n_lora = sum(p.numel() for p in adapter_parameters(unet, "lora_x").values())
+    assert meta["adapter_parameters"] == n_lora
+    assert meta["trainable_parameters"] == n_lora + (sum(
+        p.numel() for p in model.controlnet.parameters()) if train_control else 0)
+    assert (tmp_path / "run" / "final" / LORA_WEIGHTS_FILE).is_file()
+
+
+def test_save_load_round_trips_exactly(tmp_path):
+    unet = tiny_unet()
+    random_adapter(unet, "a", seed=3)
+    save_lora(unet, "a", tmp_path)
+    fresh = tiny_unet()
+    load_lora(fresh, tmp_path, "a")
+    combine_adapters(fresh, ["a"])
+    saved, loaded = adapter_parameters(unet, "a"), adapter_parameters(fresh, "a")
+    assert set(saved) == set(loaded)
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert fresh.peft_config["a"].r == 2
+    assert torch.equal(unet_output(unet), unet_output(fresh))
+    assert not torch.equal(unet_output(fresh), unet_output(tiny_unet())), "the adapter had no effect"
+
+
+def test_combining_two_adapters_with_weights_1_0_equals_the_first_alone():
+    unet = tiny_unet()
+    random_adapter(unet, "a", seed=1)
+    random_adapter(unet, "b", seed=2)
+    combine_adapters(unet, ["a"])
+    a_alone = unet_output(unet)
+    combine_adapters(unet, ["b"])
+    b_alone = unet_output(unet)
+    combine_adapters(unet, ["a", "b"], [1.0, 0.0])
+    assert torch.equal(unet_output(unet), a_alone)
+    combine_adapters(unet, ["a", "b"], [0.0, 1.0])
+    assert torch.equal(unet_output(unet), b_alone)
+    combine_adapters(unet, ["a", "b"], [0.5, 0.5])
+    mixed = unet_output(unet)
+    assert not torch.equal(mixed, a_alone) and not torch.equal(mixed, b_alone)
+
+
+def test_a_few_adapter_steps_lower_the_loss(parts, tmp_path):
+    sketcher, vae, images = parts
+    unet = tiny_unet()
+    torch.manual_seed(0)
+    model = MRControlNet.from_denoiser(unet, null_text_embedding(unet))
+    abar = base_alphas_cumprod()
+
+    def held_out_loss():  # the same images, masks, t and noise before and after training
+        with torch.no_grad():
+            return float(np.mean([controlnet_loss(model, sketcher, vae, images, abar,
+                                                  torch.Generator().manual_seed(100 + i), 4, 0.08, 7, i)
+                                  for i in range(4)]))
+
+    before = held_out_loss()
+    train_lora(images, {**CFG, "n_steps": 15, "batch_size": 6}, tmp_path / "run", sketcher, vae, model,
+               "lora_x", train_control=False, seed=0, log=False)
+    model.eval()
+    assert held_out_loss() < before
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(parts, tmp_path):
+    sketcher, vae, images = parts
+    results = []
+    for name, stop in (("straight", None), ("resumed", 2)):
+        unet = tiny_unet()
+        model = MRControlNet.from_denoiser(unet, null_text_embedding(unet))
+        ckpt = tmp_path / name
+        if stop:
+            train_lora(images, CFG, ckpt, sketcher, vae, model, "lora_x", True, seed=0, log=False,
+                       stop_after=stop)
+            unet = tiny_unet()  # a new process: fresh networks, state from last.pt
+            model = MRControlNet.from_denoiser(unet, null_text_embedding(unet))
+        train_lora(images, CFG, ckpt, sketcher, vae, model, "lora_x", True, seed=0, log=False)
+        results.append((adapter_parameters(unet, "lora_x"), model.controlnet.state_dict()))
+    (lora_a, cn_a), (lora_b, cn_b) = results
+    assert all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
+    assert all(torch.equal(cn_a[k], cn_b[k]) for k in cn_a)
+
+
+def test_stage_and_method_graph():
+    assert step_variant("ldpm_lora_r4_s10") == ("ldpm_lora_r4", 10)
+    assert step_variant("ldpm_s50") == ("ldpm", 50)
+    assert step_variant("unet_s10") == ("unet_s10", None)  # only sampling methods take a step count
+    assert stage_dependencies("lora_r4", False) == ["sketcher", "vae", "denoiser"]
+    assert stage_dependencies("lora_t2", True) == ["sketcher", "vae", "controlnet"]
+    assert method_stages("ldpm_lora_mix", False) == ["sketcher", "vae", "denoiser", "controlnet",
+                                                      "lora_t1", "lora_t2"]
+    assert method_stages("ldpm_s10", False) == method_stages("ldpm", False)
+    assert own_stages("ldpm_lora_r16_s10") == ["lora_r16"] and own_stages("ldpm") == ["controlnet"]
+    inference = {"seed": 0, "ldpm": {"n_steps": 25, "p": 200}, "lora": {"mix_weights": [0.7, 0.3]}}
+    assert method_options("ldpm_lora_mix", inference)["adapter_weights"] == [0.7, 0.3]
+    assert method_options("ldpm_lora_t1", inference)["adapter_weights"] == [1.0]
+    assert method_options("ldpm_lora_r4_s10", inference)["n_steps"] == 10
+    cfg = {"inference": inference, "lora": {"enabled": True, "methods": ["ldpm_lora_r4"],
+                                            "step_methods": ["ldpm"], "step_counts": [50, 25, 10]}}
+    assert study_methods(cfg) == ["ldpm", "ldpm_lora_r4", "ldpm_s50", "ldpm_s10"]
+    assert study_methods({**cfg, "lora": {**cfg["lora"], "enabled": False}}) == []
+
+
+def test_sampling_time_goes_beside_the_recon_file_which_stays_reproducible(tmp_path, monkeypatch):
+    import ldpm.methods as lm
+
+    def timed_method(k_u, mask, checkpoints, options):
+        options["timings"]["sampling_seconds"] = 0.5
+        return np.abs(k_u).astype(np.float32)
+
+    monkeypatch.setitem(lm.METHODS, "timed", timed_method)
+    shard = tmp_path / "shard0.h5"
+    with h5py.File(shard, "w") as f:
+        f.create_dataset("target", data=np.ones((2, 8, 8), np.float32))
+        f.create_dataset("mask", data=np.ones((2, 8), np.float32))
+        f.create_dataset("volume", data=np.array([b"v", b"v"]))
+        f.create_dataset("slice", data=np.array([0, 1]))
+    for run in ("a", "b"):
+        reconstruct_shard("timed", shard, tmp_path / run / "shard0.h5")
+    assert (tmp_path / "a" / "shard0.h5").read_bytes() == (tmp_path / "b" / "shard0.h5").read_bytes()
+    record = json.loads(timing_path(tmp_path / "a" / "shard0.h5").read_text())
+    assert record["sampling_seconds"] == 0.5 and record["n_slices"] == 2 and record["seconds"] >= 0
+
+
+def _write_results(root, with_times=True):
+    """A results/ folder as the pipeline leaves it, for two rows (LDPM, LDPM + LoRA r=4)."""
+    (root / "data" / "test").mkdir(parents=True)
+    (root / "data" / "test" / "shard0.h5").touch()
+    for stage, meta in {"controlnet": {"seconds": 30.0, "steps_done": 100},
+                        "lora_r4": {"seconds": 40.0, "steps_done": 100, "rank": 4,
+                                    "trainable_parameters": 1234, "adapter_parameters": 34}}.items():
+        (root / "models" / stage / "final").mkdir(parents=True)
+        (root / "models" / stage / "meta.json").write_text(json.dumps(meta))
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(10, 10), "b": torch.zeros(7)},
+              root / "models" / "controlnet" / "final" / "diffusion_pytorch_model.safetensors")
+    for i, method in enumerate(["ldpm", "ldpm_lora_r4"]):
+        (root / "metrics" / method).mkdir(parents=True)
+        summary = {"method": method, "metrics": {
+            "psnr": {"value": 20.0 + i, "std": 1.0, "reason": None},
+            "ssim": {"value": 0.5, "std": 0.1, "reason": None},
+            "lpips": {"value": None, "std": None, "reason": "AlexNet weights not available offline"}}}
+        (root / "metrics" / method / "summary.json").write_text(json.dumps(summary))
+        pd.DataFrame({"method": method, "volume": ["v1", "v2", "v3"], "contrast": ["T1", "T1POST", "FLAIR"],
+                      "psnr": [19.0 + i, 21.0 + i, 30.0]}).to_csv(root / "metrics" / method / "per_volume.csv")
+        (root / "recon" / method).mkdir(parents=True)
+        with h5py.File(root / "recon" / method / "shard0.h5", "w") as f:
+            f.create_dataset("recon", data=np.zeros((4, 8, 8), np.float32))
+        if with_times or method != "ldpm":
+            timing_path(root / "recon" / method / "shard0.h5").write_text(json.dumps(
+                {"method": method, "n_slices": 4, "seconds": 9.0 * (i + 1), "sampling_seconds": 8.0 * (i + 1)}))
+
+
+def test_table_renders_numbers_from_files_and_na_with_reasons(tmp_path):
+    from ldpm.report.lora import make_lora_table
+
+    _write_results(tmp_path, with_times=False)
+    csv, md, tex = make_lora_table(tmp_path, ["ldpm", "ldpm_lora_r4"], 25, [0.5, 0.5])
+    table = pd.read_csv(csv).set_index("method")
+    assert table.loc["ldpm_lora_r4", "psnr"] == 21.0
+    assert table.loc["ldpm_lora_r4", "psnr_t1"] == pytest.approx(21.0)  # mean of T1 and T1POST volumes
+    assert table.loc["ldpm", "trainable"] == 107  # the controlnet stage's saved weights
+    assert table.loc["ldpm_lora_r4", "trainable"] == 1234
+    assert table.loc["ldpm_lora_r4", "train_s_step"] == pytest.approx(0.4)
+    assert table.loc["ldpm_lora_r4", "sample_s_slice"] == pytest.approx(4.0)
+    assert pd.isna(table.loc["ldpm", "sample_s_slice"])
+    text = md.read_text()
+    assert "LDPM + LoRA r=4 (joint)" in text and "LDPM (frozen denoiser), 25 steps" in text
+    assert "n/a" in text and "AlexNet weights not available offline" in text
+    assert "no sampling time for recon/ldpm/shard0.h5" in text
+    assert "no T2/FLAIR" not in text and "30.00" in text  # the FLAIR volume is the T2/FLAIR group
+    assert tex.read_text().count("n/a") >= 3
