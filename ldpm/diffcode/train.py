@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import LdpmInputError
 from ..train.loop import freeze, train
+from ..train.runtime import resolve_device
 from .config import stage_dependencies, stage_kind
 from .data import read_task_pairs, split_pairs
 from .degradations import DATA_TASKS, MRI_TASKS, degrade
@@ -270,8 +271,7 @@ def train_stage(cfg: Mapping, manifest: str | Path, out_dir: str | Path, seed: i
                 deps: Mapping[str, Path] | None = None, device: str = "cpu", log: bool = True,
                 stop_after: int | None = None, data: TaskData | None = None) -> dict:
     """Train one DiffCode stage (resumable from ``out_dir/last.pt``); returns the loop's meta."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     data = data if data is not None else load_task_data(cfg, manifest)
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(seed)
