@@ -83,19 +83,54 @@ def test_dvc_yaml_names_existing_rules_and_persists_every_out():
     assert "results/models/*/last.pt" in (REPO / ".dvcignore").read_text()
 
 
+#: the rules whose outputs each DVC stage owns, in pipeline order (every rule has one owner)
+STAGE_RULES = {
+    "data": {"embedded_subject", "preprocess", "manifest", "test_shard"},
+    "train": {"train", "diffcode_train"},
+    "recon": {"reconstruct", "vae_recon"},
+    "metrics": {"evaluate", "evaluate_vae", "diffcode_evaluate"},
+    "report": {"report", "lora_table", "diffcode_report", "provenance", "all"},
+}
+
+
+def copy_working_tree(dest: Path) -> Path:
+    """The tracked and untracked-but-not-ignored files of this working tree, copied to dest."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, listed.split("\0")):
+        s, d = REPO / rel, dest / rel
+        if s.is_symlink() or s.is_file():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(s, d, follow_symlinks=False)
+    return dest
+
+
+def test_each_dvc_stage_runs_only_its_own_and_upstream_rules(tmp_path):
+    """With the default config (DiffCode and LoRA studies on), each stage's command, dry-run
+    from nothing, plans its own rules and those of earlier stages, never a later stage's."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(STAGE_RULES)
+    listed = {line.split()[0] for line in run([SNAKEMAKE, "--list-rules"], REPO).splitlines()
+              if line.strip() and not line.startswith("host:")}
+    owned = set().union(*STAGE_RULES.values())
+    assert listed <= owned, f"rules no DVC stage owns: {listed - owned}"
+    src = copy_working_tree(tmp_path / "tree")
+    allowed: set[str] = set()
+    for name, stage in stages.items():
+        allowed |= STAGE_RULES[name]
+        cmd = stage["cmd"].split("&&")[0].split()
+        planned = set(job_stats(run([*cmd, "-n", "--quiet", "rules"], src)))
+        assert planned <= allowed, f"stage {name} would run {planned - allowed} (a later stage's)"
+        assert STAGE_RULES[name] - {"all"} <= planned, f"stage {name} misses {STAGE_RULES[name] - planned}"
+
+
 # --------------------------------------------------------------------------- the round trip
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory):
     """A git repo of this working tree with the tiny config, `dvc repro`-ed and pushed."""
     root = tmp_path_factory.mktemp("dvc")
     src, remote = root / "origin", root / "remote"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for rel in filter(None, listed.split("\0")):
-        s, d = REPO / rel, src / rel
-        if s.is_symlink() or s.is_file():
-            d.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(s, d, follow_symlinks=False)
+    copy_working_tree(src)
     cfg = src / "config" / "config.yaml"
     cfg.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(cfg.read_text()), TINY)))
     git("init", "-q", cwd=src)
