@@ -20,6 +20,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[workflow,test]"
+	# tests only: fastMRI's reference E2E-VarNet, without its training stack (Lightning etc.)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fastmri==0.3.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 

@@ -48,6 +48,9 @@ def measure(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
+#: methods that read the raw multicoil k-space of each test slice (``options["manifest"]``
+#: leads to the volumes' source files) instead of the single-coil ``k_u``; no training stage
+MULTICOIL_METHODS = ("varnet_official",)
 
 
 def stage_dependencies(stage: str, with_sd: bool) -> list[str]:
@@ -65,6 +68,8 @@ def method_stages(method: str, with_sd: bool) -> list[str]:
         return ["sketcher", "vae", "controlnet", *([] if with_sd else ["denoiser"])]
     if method in BASELINES:
         return [method]
+    if method in MULTICOIL_METHODS:
+        return []
     from .methods_lora import lora_method_stages  # issue #9: LoRA and step-count methods
 
     return lora_method_stages(method, with_sd)
@@ -77,6 +82,8 @@ def method_options(method: str, inference: Mapping) -> dict:
         opts.update(inference.get("ldpm") or {})
     elif method == "score_mri":
         opts.update(inference.get("score_mri") or {})
+    elif method in MULTICOIL_METHODS:
+        opts.update(inference.get(method) or {})
     else:
         from .methods_lora import lora_method_options  # issue #9: LoRA and step-count methods
 
@@ -124,6 +131,9 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
         slices = f["slice"][()]
     options = dict(options or {}, **({"n_steps": steps} if steps else {}))
     options["slice_seeds"] = seeds_for(volume, slices, int(options.get("seed", 0)))
+    if base in MULTICOIL_METHODS:  # which raw slice each row is
+        options["volumes"] = [v.decode() if isinstance(v, bytes) else str(v) for v in volume]
+        options["slices"] = [int(s) for s in slices]
     options["timings"] = timings = {}  # a method may record e.g. its sampling_seconds here
     start = time.perf_counter()
     if len(target):

@@ -128,12 +128,6 @@ def test_score_sampler_applies_dc_every_step(monkeypatch):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_official_varnet_checkpoint_refused(tmp_path):
-    cfg = baseline_config("varnet", {"official_checkpoint": str(tmp_path / "varnet_knee_mc.pt")})
-    with pytest.raises(LdpmInputError, match="multicoil"):
-        build_model("varnet", cfg)
-
-
 def test_swinmr_loss_terms():
     crit = SwinMRLoss({"vgg19_weights": None})
     assert crit.note is not None and "VGG19" in crit.note   # perceptual term off, and said so

@@ -140,6 +140,37 @@ def read_volume(path: str | Path, crop_size: int = 320, drop_last_slices: int = 
                              "re-download the file; it is truncated or not HDF5") from e
 
 
+def read_kspace_slices(path: str | Path, slices: list[int]) -> np.ndarray:
+    """The raw multicoil k-space of the given slices, ``[N, coils, H, W]`` complex64.
+
+    Bad input (missing or unreadable file, no 4-D complex ``kspace``, a slice out of range,
+    NaN/inf) raises :class:`LdpmInputError` naming the file.
+    """
+    path = Path(path)
+    fix = "keep the raw files the slice stores were made from where preprocessing read them"
+    if not path.is_file():
+        raise LdpmInputError(path, "raw multicoil file not found", fix)
+    try:
+        with h5py.File(path, "r") as f:
+            if "kspace" not in f:
+                raise LdpmInputError(path, "has no 'kspace' dataset",
+                                     "use a fastMRI multicoil file (raw k-space)")
+            ks = f["kspace"]
+            _check_kspace(ks, path, crop_size=0, drop_last_slices=0)
+            out = np.empty((len(slices), *ks.shape[1:]), dtype=np.complex64)
+            for i, s in enumerate(slices):
+                if not 0 <= s < ks.shape[0]:
+                    raise LdpmInputError(path, f"has no slice {s} (it has {ks.shape[0]})",
+                                         "rebuild the slice stores from these raw files")
+                out[i] = ks[s]
+    except OSError as e:
+        raise LdpmInputError(path, f"is not a readable HDF5 file ({e})",
+                             "re-download the file; it is truncated or not HDF5") from e
+    if not np.isfinite(out).all():
+        raise LdpmInputError(path, "kspace contains NaN or inf", "re-download the file; it is corrupt")
+    return out
+
+
 def _read_open_file(f: h5py.File, path: Path, crop_size: int,
                     drop_last_slices: int) -> VolumeSlices:
     if "kspace" not in f:

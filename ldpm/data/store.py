@@ -148,6 +148,16 @@ def _resolve_store(store: str, manifest_csv: str | Path) -> Path:
     return path
 
 
+def raw_sources(manifest_csv: str | Path) -> dict[str, Path]:
+    """Volume -> the raw multicoil file its slice store was made from (attr ``source_file``)."""
+    df = read_manifest(manifest_csv)
+    out: dict[str, Path] = {}
+    for volume, store in df.drop_duplicates("volume")[["volume", "store"]].itertuples(index=False):
+        with h5py.File(_resolve_store(str(store), manifest_csv), "r") as f:
+            out[str(volume)] = Path(str(f.attrs["source_file"]))
+    return out
+
+
 def _load_store(path: Path) -> tuple[np.ndarray, dict[int, int]]:
     """(targets [N, H, W], slice index -> row) of one store."""
     with h5py.File(path, "r") as f:

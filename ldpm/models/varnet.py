@@ -18,8 +18,11 @@ estimation network of E2E-VarNet is not used. Paper scale: 12 cascades, ``chans=
 ``pools=4`` (fastMRI's defaults). fastMRI trains it with an SSIM loss; our default is L1 on the
 magnitude (``loss: ssim`` in the config switches to ``1 - SSIM``).
 
-Official fastMRI VarNet checkpoints (``varnet_knee_mc``, ``varnet_brain_mc``) are *multicoil*
-models: see :func:`load_official_checkpoint`.
+**Multicoil** (:class:`MulticoilVarNet`, fastMRI's ``VarNet`` module for module, so its
+official state dicts load): the measurement is the raw multicoil k-space ``[B, coils, H, W]``;
+a :class:`SensitivityModel` estimates the maps ``S_c`` from the auto-calibration lines (the
+fully sampled centre of the mask), and the output is the RSS over coils. It is used only with
+fastMRI's published weights (:func:`load_official_checkpoint`, the ``varnet_official`` method).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class NormUnet(nn.Module):
     def __init__(self, chans: int, num_pools: int):
         super().__init__()
         self.unet = Unet(2, 2, chans, num_pools)
-        self.mult = 2 ** num_pools
+        self.mult = max(16, 2 ** num_pools)  # fastMRI pads to a multiple of 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.view_as_real(x).permute(0, 3, 1, 2)  # [B, 2, H, W]
@@ -60,10 +63,59 @@ class NormUnet(nn.Module):
         return torch.view_as_complex(y)
 
 
-class VarNetBlock(nn.Module):
-    """One cascade: ``k - eta * M * (k - k_u) - F(model(F^-1(k)))`` on ``[B, H, W]`` k-space.
+def sens_expand(x: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """``E(x) = F(S_c x)``: image ``[B, H, W]`` -> coil k-space ``[B, C, H, W]``."""
+    return fft2c(x[:, None] * sens)
 
-    ``mask`` broadcasts against the k-space (e.g. ``[B, 1, W]``).
+
+def sens_reduce(k: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """``R(k) = sum_c conj(S_c) F^-1(k_c)``: coil k-space ``[B, C, H, W]`` -> image ``[B, H, W]``."""
+    return (ifft2c(k) * sens.conj()).sum(dim=1)
+
+
+def low_frequency_band(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns ``[start, stop)`` of the fully sampled centre of each mask ``[B, W]``.
+
+    As fastMRI's ``get_pad_and_num_low_freqs``: the run of sampled lines around ``W // 2``,
+    made symmetric (twice the shorter side; at least one line).
+    """
+    m = (mask > 0).to(torch.int8)
+    cent = m.shape[1] // 2
+    left = torch.argmin(m[:, :cent].flip(1), dim=1)
+    right = torch.argmin(m[:, cent:], dim=1)
+    n_low = torch.maximum(2 * torch.minimum(left, right), torch.ones_like(left))
+    start = torch.div(m.shape[1] - n_low + 1, 2, rounding_mode="floor")
+    return start, start + n_low
+
+
+class SensitivityModel(nn.Module):
+    """Coil sensitivity maps from the auto-calibration lines (fastMRI's ``SensitivityModel``).
+
+    ``forward(k_u [B, C, H, W] complex, mask [B, W]) -> S [B, C, H, W]``: the k-space outside
+    the fully sampled centre is zeroed, each coil image goes through a :class:`NormUnet`, and
+    the maps are divided by their RSS over coils (so ``sum_c |S_c|^2 = 1``).
+    """
+
+    def __init__(self, chans: int, num_pools: int):
+        super().__init__()
+        self.norm_unet = NormUnet(chans, num_pools)
+
+    def forward(self, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = k_u.shape
+        start, stop = low_frequency_band(mask)
+        cols = torch.arange(w, device=k_u.device)
+        centre = (cols >= start[:, None]) & (cols < stop[:, None])  # [B, W]
+        images = ifft2c(k_u * centre[:, None, None, :]).reshape(b * c, h, w)
+        maps = self.norm_unet(images).reshape(b, c, h, w)
+        return maps / maps.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+class VarNetBlock(nn.Module):
+    """One cascade: ``k - eta * M * (k - k_u) - E(model(R(k)))``.
+
+    Single-coil (``sens=None``): ``k`` is ``[B, H, W]`` and ``R = F^-1``, ``E = F``; multicoil:
+    ``k`` is ``[B, C, H, W]`` with maps ``sens`` of the same shape. ``mask`` broadcasts
+    against the k-space (e.g. ``[B, 1, W]`` or ``[B, 1, 1, W]``).
     """
 
     def __init__(self, model: nn.Module):
@@ -71,9 +123,12 @@ class VarNetBlock(nn.Module):
         self.model = model
         self.dc_weight = nn.Parameter(torch.ones(1))
 
-    def forward(self, k: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, k: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor,
+                sens: torch.Tensor | None = None) -> torch.Tensor:
         soft_dc = mask * (k - k_u) * self.dc_weight
-        return k - soft_dc - fft2c(self.model(ifft2c(k)))
+        if sens is None:
+            return k - soft_dc - fft2c(self.model(ifft2c(k)))
+        return k - soft_dc - sens_expand(self.model(sens_reduce(k, sens)), sens)
 
 
 class VarNet(nn.Module):
@@ -97,20 +152,70 @@ class VarNet(nn.Module):
         return ifft2c(self.forward_kspace(k_u, mask)).abs()[:, None]
 
 
-def load_official_checkpoint(path: str | Path | None) -> None:
-    """Hook for the official fastMRI E2E-VarNet weights (the paper used them): not supported.
+#: Config keys of :class:`MulticoilVarNet` and their defaults: the architecture of fastMRI's
+#: official ``varnet_knee_mc`` / ``varnet_brain_mc`` weights.
+MULTICOIL_VARNET_DEFAULTS: dict[str, Any] = {**VARNET_DEFAULTS, "sens_chans": 8, "sens_pools": 4}
 
-    Always raises :class:`LdpmInputError` when a path is configured. The official models take
-    *multicoil* k-space ``[B, coils, H, W]`` and estimate coil sensitivity maps from its
-    auto-calibration lines with a second U-Net; this nPI pipeline feeds single-coil k-space of
-    the RSS image, whose statistics (one coil, real non-negative image, no coil phase) the
-    official weights never saw, so feeding it to them would not be the published model.
+
+class MulticoilVarNet(nn.Module):
+    """fastMRI's E2E-VarNet on raw multicoil k-space, with its state-dict layout
+    (``sens_net.norm_unet.unet.*``, ``cascades.<i>.model.unet.*``, ``cascades.<i>.dc_weight``).
+
+    ``forward(k_u [B, C, H, W] complex, mask [B, W]) -> RSS magnitude [B, H, W]``.
     """
-    if path is None:
-        return None
-    raise LdpmInputError(
-        path, "official fastMRI E2E-VarNet checkpoints expect multicoil k-space and estimate coil "
-        "sensitivity maps from it; this nPI pipeline feeds single-coil k-space of the RSS image "
-        "(identity sensitivity), so the official weights cannot be used honestly",
-        "remove the official checkpoint setting and train the single-coil VarNet "
-        "(ldpm.train.baselines.train_baseline('varnet', ...))")
+
+    def __init__(self, config: Mapping[str, Any] | None = None):
+        super().__init__()
+        cfg = {**MULTICOIL_VARNET_DEFAULTS,
+               **{k: v for k, v in (config or {}).items() if k in MULTICOIL_VARNET_DEFAULTS}}
+        self.config = cfg
+        self.sens_net = SensitivityModel(int(cfg["sens_chans"]), int(cfg["sens_pools"]))
+        self.cascades = nn.ModuleList([VarNetBlock(NormUnet(int(cfg["chans"]), int(cfg["pools"])))
+                                       for _ in range(int(cfg["num_cascades"]))])
+
+    def forward(self, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        sens = self.sens_net(k_u, mask)
+        m = mask.to(k_u.real.dtype)[:, None, None, :]
+        k = k_u
+        for cascade in self.cascades:
+            k = cascade(k, k_u, m, sens)
+        return ifft2c(k).abs().pow(2).sum(dim=1).sqrt()
+
+
+def load_official_checkpoint(path: str | Path, config: Mapping[str, Any] | None = None
+                             ) -> MulticoilVarNet:
+    """fastMRI's published E2E-VarNet weights (e.g. ``brain_leaderboard_state_dict.pt``).
+
+    Accepts a plain state dict (fastMRI's download) or a fastMRI Lightning checkpoint
+    (``state_dict`` with a ``varnet.`` prefix). ``config``: the architecture (default: the
+    official one). Raises :class:`LdpmInputError` naming the file for a missing or unreadable
+    file, or weights of another architecture.
+    """
+    fix = ("set inference.varnet_official.checkpoint in config/config.yaml to fastMRI's "
+           "varnet_brain_mc (brain_leaderboard_state_dict.pt) or varnet_knee_mc weights")
+    path = Path(path)
+    if not path.is_file():
+        raise LdpmInputError(path, "official VarNet checkpoint not found", fix)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise LdpmInputError(path, f"not a readable torch checkpoint ({type(e).__name__}: {e})",
+                             fix) from e
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = {k.removeprefix("varnet."): v for k, v in state["state_dict"].items()}
+    if not isinstance(state, Mapping):
+        raise LdpmInputError(path, f"holds a {type(state).__name__}, not a state dict", fix)
+    model = MulticoilVarNet(config)
+    ours, theirs = set(model.state_dict()), set(state)
+    shapes = [k for k in ours & theirs if tuple(model.state_dict()[k].shape) != tuple(state[k].shape)]
+    if ours != theirs or shapes:
+        detail = "; ".join(f"{what}: {', '.join(sorted(keys)[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for what, keys in (("missing", ours - theirs),
+                                              ("unexpected", theirs - ours),
+                                              ("other shape", set(shapes))) if keys)
+        raise LdpmInputError(
+            path, f"weights do not fit a VarNet with {model.config} ({detail})",
+            "set inference.varnet_official.model to the architecture the weights were trained "
+            "with (fastMRI's: num_cascades 12, chans 18, pools 4, sens_chans 8, sens_pools 4)")
+    model.load_state_dict(state)
+    return model.eval()

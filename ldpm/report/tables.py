@@ -29,6 +29,7 @@ METHOD_NAMES = {
     "zero_filled": "Zero-Filled",
     "unet": "U-Net",
     "varnet": "E2E-VarNet",
+    "varnet_official": "E2E-VarNet (fastMRI weights, multicoil)",
     "swinmr": "SwinMR",
     "score_mri": "Score-MRI",
     "ldpm": "LDPM (ours)",

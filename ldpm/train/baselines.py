@@ -1,7 +1,7 @@
 """Training, loading and inference of the Table I baselines: U-Net, E2E-VarNet, SwinMR (nPI),
 Score-MRI. All four are trained here from scratch on our nPI data (single-coil k-space of the
-RSS image); no official weights are downloaded (see :mod:`ldpm.models.varnet` on the official
-VarNet checkpoints the paper used).
+RSS image); no official weights are downloaded. fastMRI's official multicoil VarNet weights, which
+the paper used, are a separate method, ``varnet_official`` (:mod:`ldpm.methods_baselines`).
 
 Data: ``images`` [N, 1, H, W] magnitudes in [0, 1]. Each step draws a batch (with replacement)
 and per-sample 8x masks seeded ``(seed, step, i)`` (:func:`ldpm.train.loop.undersampled_batch`),
@@ -39,7 +39,7 @@ from ..errors import LdpmInputError
 from ..models.score import ScoreNet, VESDE, dsm_loss
 from ..models.swinmr import SwinMR, SwinMRLoss
 from ..models.unet import UnetRecon
-from ..models.varnet import VarNet, load_official_checkpoint
+from ..models.varnet import VarNet
 from ..mri import ifft2c
 from ..sampling.score_pc import score_pc_sample
 from .loop import random_batch, resolve_n_steps, sync_gradients, train, undersampled_batch
@@ -58,7 +58,7 @@ DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
              "n_steps": 300},
     "varnet": {**_COMMON, "model": {"num_cascades": 3, "chans": 6, "pools": 2},
                "loss": "l1", "optimizer": "adam", "lr": 2e-3, "batch_size": 2, "crop": None,
-               "n_steps": 150, "official_checkpoint": None},
+               "n_steps": 150},
     "swinmr": {**_COMMON, "model": {"embed_dim": 16, "depths": [2], "num_heads": [2],
                                     "window_size": 8, "mlp_ratio": 2.0},
                "loss": {"alpha": 15.0, "beta": 0.1, "gamma": 0.0025, "charbonnier_eps": 1e-9,
@@ -88,8 +88,7 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
              "n_steps": None, "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000},
     "varnet": {**_COMMON, "model": {"num_cascades": 12, "chans": 18, "pools": 4},
                "loss": "ssim", "optimizer": "adam", "lr": 3e-4, "batch_size": 1, "crop": None,
-               "n_steps": None, "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000,
-               "official_checkpoint": None},
+               "n_steps": None, "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000},
     "swinmr": {**_COMMON, "model": {"embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6,
                                     "window_size": 8, "mlp_ratio": 2.0},
                "loss": {"alpha": 15.0, "beta": 0.1, "gamma": 0.0025, "charbonnier_eps": 1e-9,
@@ -126,8 +125,6 @@ def _check_name(name: str) -> None:
 def build_model(name: str, cfg: Mapping[str, Any]) -> nn.Module:
     """The network of baseline ``name`` from its method config (``cfg['model']``)."""
     _check_name(name)
-    if name == "varnet":
-        load_official_checkpoint(cfg.get("official_checkpoint"))
     cls = {"unet": UnetRecon, "varnet": VarNet, "swinmr": SwinMR, "score_mri": ScoreNet}[name]
     return cls(cfg.get("model"))
 

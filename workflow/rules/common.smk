@@ -2,7 +2,7 @@
 import json
 
 from ldpm.config import validate_config
-from ldpm.methods import method_options, method_stages, stage_dependencies
+from ldpm.methods import MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
 from ldpm.methods_lora import study_methods
 
 # snakemake's `validate` (in the Snakefile) checks the schema; this second pass turns a
@@ -42,6 +42,14 @@ VOLUMES = sorted(RAW)
 def as_json(value) -> str:
     """A config block as a shell-quoted JSON argument."""
     return f"'{json.dumps(value, sort_keys=True)}'"
+
+
+def multicoil_inputs(method):
+    """What a multicoil method's reconstruct job reads besides its shard: the manifest (which
+    leads to the raw files) and the configured weights."""
+    if method not in MULTICOIL_METHODS:
+        return []
+    return [f"{DATA}/manifest.csv", config["inference"][method]["checkpoint"]]
 
 
 def raw_input(wildcards):

@@ -6,6 +6,8 @@ rule reconstruct:
     input:
         data=f"{DATA}/test/shard{{shard}}.h5",
         models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
+        # a multicoil method reads the raw k-space (found through the manifest) and its weights
+        multicoil=lambda wc: multicoil_inputs(wc.method),
     output:
         "results/recon/{method}/shard{shard}.h5",
     wildcard_constraints:
@@ -14,14 +16,16 @@ rule reconstruct:
         checkpoints=lambda wc: " ".join(f"--checkpoint {s}=results/models/{s}"
                                         for s in method_stages(wc.method, WITH_SD)),
         options=lambda wc: as_json({**method_options(wc.method, config["inference"]),
-                                    "sd_path": config["pretrained"].get("sd_path")}),
+                                    "sd_path": config["pretrained"].get("sd_path"),
+                                    **({"manifest": f"{DATA}/manifest.csv"}
+                                       if wc.method in MULTICOIL_METHODS else {})}),
     log:
         "results/logs/reconstruct/{method}_{shard}.log",
     conda:
         ENV
     threads: 1
     resources:
-        gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) else 0,
+        gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) or wc.method in MULTICOIL_METHODS else 0,
     shell:
         "OMP_NUM_THREADS={threads} ldpm reconstruct --method {wildcards.method} --shard-data {input.data}"
         " {params.checkpoints} --options {params.options} --output {output} > {log} 2>&1"
