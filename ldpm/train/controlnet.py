@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
@@ -38,6 +39,24 @@ def controlnet_loss(model: MRControlNet, sketcher: Sketcher, vae: AutoencoderKL,
     return F.mse_loss(model(z_t, t, c_latent), eps)
 
 
+def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
+                       images: torch.Tensor, cfg: Mapping[str, Any], opt: torch.optim.Optimizer,
+                       abar: torch.Tensor, seed: int, rt: Runtime):
+    """One optimisation step of the ε-loss (eq. 7) on a random batch, for the shared loop
+    (also used by the LoRA stages, whose optimizer holds adapter and/or control weights)."""
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
+        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, int(cfg["acceleration"]),
+                               float(cfg["center_fraction"]), seed, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    return step_fn
+
+
 def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
                      sketcher: Sketcher, vae: AutoencoderKL, denoiser: UNet2DConditionModel,
                      null_embedding: torch.Tensor, seed: int = 0, n_steps: int | None = None,
@@ -56,14 +75,7 @@ def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_d
     opt = torch.optim.AdamW(model.controlnet.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
     abar = base_alphas_cumprod()
 
-    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
-        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, int(cfg["acceleration"]),
-                               float(cfg["center_fraction"]), seed, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.item()}
+    step_fn = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt)
 
     def save_final(d: Path) -> None:
         save_controlnet(model.controlnet, d)

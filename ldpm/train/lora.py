@@ -43,8 +43,8 @@ from ..models import MRControlNet, Sketcher, save_controlnet
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..models.lora import DEFAULT_TARGETS, AdapterState, add_lora, count_parameters, save_lora
 from ..sampling import base_alphas_cumprod
-from .controlnet import controlnet_loss
-from .loop import freeze, random_batch, resolve_n_steps, train
+from .controlnet import controlnet_step_fn
+from .loop import freeze, resolve_n_steps, train
 from .presets import DEFAULT_CONFIG as LDPM_DEFAULT
 from .presets import PAPER_CONFIG as LDPM_PAPER
 from .runtime import Runtime
@@ -123,14 +123,7 @@ def train_lora(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Pat
               "control_parameters": count_parameters(model.controlnet.parameters()) if train_control else 0}
     counts["trainable_parameters"] = counts["adapter_parameters"] + counts["control_parameters"]
 
-    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
-        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, int(cfg["acceleration"]),
-                               float(cfg["center_fraction"]), seed, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.item()}
+    step_fn = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt)
 
     info = {"adapter": adapter, "rank": int(cfg["rank"]),
             "alpha": float(cfg["alpha"] if cfg.get("alpha") is not None else cfg["rank"]),
