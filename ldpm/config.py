@@ -65,12 +65,13 @@ def validate_config(config: Mapping[str, Any], source: str | Path = "config") ->
     if config["data"]["source"] == "fastmri" and not config["data"].get("fastmri_root"):
         raise LdpmInputError(f"{source}: data.fastmri_root", "is empty but data.source is fastmri",
                              "set it to the folder holding the fastMRI multicoil *.h5 files")
-    official = (config.get("inference", {}).get("varnet_official") or {}).get("checkpoint")
-    if "varnet_official" in config["methods"] and not official:
-        raise LdpmInputError(f"{source}: inference.varnet_official.checkpoint",
-                             "is empty but methods lists varnet_official",
-                             "set it to fastMRI's E2E-VarNet weights (e.g. "
-                             "brain_leaderboard_state_dict.pt), or drop varnet_official from methods")
+    for method, what in (("unet_official", "U-Net"), ("varnet_official", "E2E-VarNet")):
+        weights = (config.get("inference", {}).get(method) or {}).get("checkpoint")
+        if method in config["methods"] and not weights:
+            raise LdpmInputError(f"{source}: inference.{method}.checkpoint",
+                                 f"is empty but methods lists {method}",
+                                 f"set it to fastMRI's {what} weights (e.g. "
+                                 f"brain_leaderboard_state_dict.pt), or drop {method} from methods")
     return config
 
 

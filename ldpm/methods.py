@@ -50,7 +50,7 @@ LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 #: methods that read the raw multicoil k-space of each test slice (``options["manifest"]``
 #: leads to the volumes' source files) instead of the single-coil ``k_u``; no training stage
-MULTICOIL_METHODS = ("varnet_official",)
+MULTICOIL_METHODS = ("unet_official", "varnet_official")
 
 
 def stage_dependencies(stage: str, with_sd: bool) -> list[str]:

@@ -1,5 +1,6 @@
 """Registry entries of the Table I baselines: the trained ``unet``, ``varnet``, ``swinmr``,
-``score_mri``, and ``varnet_official`` (fastMRI's published multicoil E2E-VarNet weights).
+``score_mri``, and ``unet_official``/``varnet_official`` (fastMRI's published multicoil weights,
+as the paper used; on the raw multicoil k-space of each test slice).
 
 Each method loads its model from ``checkpoints[name]`` (the training folder written by
 :func:`ldpm.train.baselines.train_baseline`, or its ``final/``) and reconstructs every slice
@@ -19,7 +20,7 @@ from .data.fastmri import read_kspace_slices
 from .data.store import raw_sources
 from .errors import LdpmInputError
 from .methods import register
-from .mri import center_crop
+from .mri import center_crop, ifft2c
 from .train.baselines import BASELINES, load_baseline, reconstruct
 
 
@@ -41,25 +42,17 @@ for _name in BASELINES:
     register(_name)(_make(_name))
 
 
-@register("varnet_official")
-def varnet_official_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
-                          options: dict) -> np.ndarray:
-    """fastMRI's E2E-VarNet with its published weights, on each test slice's raw multicoil k-space.
+def multicoil_recon(k_u: np.ndarray, mask: np.ndarray, options: dict, run) -> np.ndarray:
+    """Each test slice from its raw multicoil k-space under the slice's stored mask.
 
-    The same stored mask as every other method is applied to the raw k-space [coils, H, W] the
-    slice's target was computed from (``options``: ``manifest`` leads to the raw files,
-    ``volumes``/``slices`` name each row, ``checkpoint`` and ``model`` as in
-    :func:`ldpm.models.varnet.load_official_checkpoint`); the RSS output is centre-cropped
-    like the targets. ``k_u`` (the nPI measurement) is not used. The mask must span the raw
-    phase-encoding width: fastMRI brain files are 320 wide, so ``data.crop_size: 320``.
+    ``options``: ``manifest`` (leads to the raw files), ``volumes``/``slices`` (each row's raw
+    slice, set by :func:`ldpm.methods.reconstruct_shard`). ``run(k [1, C, H, W] complex, m [1, W])
+    -> image [H, W]`` (torch) is the network; its output is centre-cropped like the targets.
+    The mask must span the raw phase-encoding width (fastMRI brain: 320, so
+    ``data.crop_size: 320``). ``k_u`` (the nPI measurement) gives only the output shape.
     """
     import torch
 
-    from .models.varnet import load_official_checkpoint
-    from .train.runtime import resolve_device
-
-    device = resolve_device(options.get("device", "auto"))
-    model = load_official_checkpoint(options["checkpoint"], options.get("model")).to(device)
     sources = raw_sources(options["manifest"])
     out = np.empty(k_u.shape, dtype=np.float32)
     for i, (volume, s) in enumerate(zip(options["volumes"], options["slices"])):
@@ -69,9 +62,44 @@ def varnet_official_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mappin
                 sources[volume], f"raw k-space is {kspace.shape[-1]} lines wide but the stored "
                 f"masks are {mask.shape[-1]}", "set data.crop_size to the raw phase-encoding "
                 "width (fastMRI brain: 320) so the official model sees the same mask")
-        m = torch.from_numpy(mask[i:i + 1]).to(device)
-        k = torch.from_numpy(kspace).to(device) * m[:, None, None, :]
+        m = torch.from_numpy(mask[i:i + 1])
         with torch.no_grad():
-            image = model(k, m)[0].cpu().numpy()
-        out[i] = center_crop(image, k_u.shape[-2:])
+            image = run(torch.from_numpy(kspace) * m[:, None, None, :], m)
+        out[i] = center_crop(image.cpu().numpy(), k_u.shape[-2:])
     return out
+
+
+@register("unet_official")
+def unet_official_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
+                        options: dict) -> np.ndarray:
+    """fastMRI's U-Net with its published multicoil weights: the RSS of the zero-filled coil
+    images, centre-cropped to the target size, instance-normalised and clamped (fastMRI's
+    ``UnetDataTransform``), through the U-Net, un-normalised. ``options``: ``checkpoint``,
+    ``model`` (:func:`ldpm.models.unet.load_official_unet`), ``device``, and those of
+    :func:`multicoil_recon`."""
+    from .models.unet import load_official_unet
+    from .train.runtime import resolve_device
+
+    device = resolve_device(options.get("device", "auto"))
+    model = load_official_unet(options["checkpoint"], options.get("model")).to(device)
+
+    def run(k, m):
+        x_zf = center_crop(ifft2c(k.to(device)).abs().pow(2).sum(dim=1).sqrt(), k_u.shape[-2:])
+        return model(x_zf[:, None])[0, 0]
+
+    return multicoil_recon(k_u, mask, options, run)
+
+
+@register("varnet_official")
+def varnet_official_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
+                          options: dict) -> np.ndarray:
+    """fastMRI's E2E-VarNet with its published multicoil weights on the raw multicoil k-space
+    (sensitivity maps from the ACS lines), RSS output. ``options``: ``checkpoint``, ``model``
+    (:func:`ldpm.models.varnet.load_official_varnet`), ``device``, and those of
+    :func:`multicoil_recon`."""
+    from .models.varnet import load_official_varnet
+    from .train.runtime import resolve_device
+
+    device = resolve_device(options.get("device", "auto"))
+    model = load_official_varnet(options["checkpoint"], options.get("model")).to(device)
+    return multicoil_recon(k_u, mask, options, lambda k, m: model(k.to(device), m.to(device))[0])

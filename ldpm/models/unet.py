@@ -16,11 +16,14 @@ Accelerated MRI", 2018; Ronneberger et al. 2015), as in ``fastmri/models/unet.py
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .pretrained import load_state_dict_into
 
 #: Config keys of :class:`UnetRecon` and their defaults (paper scale).
 UNET_DEFAULTS: dict[str, Any] = {"chans": 32, "num_pool_layers": 4, "drop_prob": 0.0}
@@ -110,3 +113,22 @@ class UnetRecon(nn.Module):
         std = x_zf.std(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-11)
         x = ((x_zf - mean) / std).clamp(-6, 6)
         return self.unet(x) * std + mean
+
+
+#: The architecture of fastMRI's released U-Nets (``unet_brain_mc``, ``unet_knee_mc``/``_sc``).
+OFFICIAL_UNET: dict[str, Any] = {"chans": 256, "num_pool_layers": 4, "drop_prob": 0.0}
+
+
+def load_official_unet(path: str | Path, config: Mapping[str, Any] | None = None) -> UnetRecon:
+    """fastMRI's published U-Net weights (a state dict of its ``Unet``, or a Lightning
+    checkpoint with ``unet.`` keys) inside :class:`UnetRecon`, whose instance normalisation and
+    [-6, 6] clamp are fastMRI's ``UnetDataTransform``. ``config``: the architecture (default:
+    the official one)."""
+    model = UnetRecon({**OFFICIAL_UNET, **dict(config or {})})
+    load_state_dict_into(
+        model.unet, path, arch=f"a U-Net with {model.config}", lightning_prefix="unet.",
+        fix="set inference.unet_official.checkpoint in config/config.yaml to fastMRI's "
+            "unet_brain_mc (brain_leaderboard_state_dict.pt) or unet_knee_mc weights",
+        arch_fix="set inference.unet_official.model to the architecture the weights were "
+                 "trained with (fastMRI's: chans 256, num_pool_layers 4)")
+    return model.eval()

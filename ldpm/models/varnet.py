@@ -22,7 +22,7 @@ magnitude (``loss: ssim`` in the config switches to ``1 - SSIM``).
 official state dicts load): the measurement is the raw multicoil k-space ``[B, coils, H, W]``;
 a :class:`SensitivityModel` estimates the maps ``S_c`` from the auto-calibration lines (the
 fully sampled centre of the mask), and the output is the RSS over coils. It is used only with
-fastMRI's published weights (:func:`load_official_checkpoint`, the ``varnet_official`` method).
+fastMRI's published weights (:func:`load_official_varnet`, the ``varnet_official`` method).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LdpmInputError
 from ..mri import fft2c, ifft2c
+from .pretrained import load_state_dict_into
 from .unet import Unet
 
 #: Config keys of :class:`VarNet` and their defaults (paper scale).
@@ -182,40 +182,17 @@ class MulticoilVarNet(nn.Module):
         return ifft2c(k).abs().pow(2).sum(dim=1).sqrt()
 
 
-def load_official_checkpoint(path: str | Path, config: Mapping[str, Any] | None = None
-                             ) -> MulticoilVarNet:
-    """fastMRI's published E2E-VarNet weights (e.g. ``brain_leaderboard_state_dict.pt``).
-
-    Accepts a plain state dict (fastMRI's download) or a fastMRI Lightning checkpoint
-    (``state_dict`` with a ``varnet.`` prefix). ``config``: the architecture (default: the
-    official one). Raises :class:`LdpmInputError` naming the file for a missing or unreadable
-    file, or weights of another architecture.
+def load_official_varnet(path: str | Path, config: Mapping[str, Any] | None = None
+                         ) -> MulticoilVarNet:
+    """fastMRI's published E2E-VarNet weights (e.g. ``brain_leaderboard_state_dict.pt``), or a
+    fastMRI Lightning checkpoint (``varnet.`` keys). ``config``: the architecture (default: the
+    official one). Errors name the file (:func:`ldpm.models.pretrained.load_state_dict_into`).
     """
-    fix = ("set inference.varnet_official.checkpoint in config/config.yaml to fastMRI's "
-           "varnet_brain_mc (brain_leaderboard_state_dict.pt) or varnet_knee_mc weights")
-    path = Path(path)
-    if not path.is_file():
-        raise LdpmInputError(path, "official VarNet checkpoint not found", fix)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise LdpmInputError(path, f"not a readable torch checkpoint ({type(e).__name__}: {e})",
-                             fix) from e
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = {k.removeprefix("varnet."): v for k, v in state["state_dict"].items()}
-    if not isinstance(state, Mapping):
-        raise LdpmInputError(path, f"holds a {type(state).__name__}, not a state dict", fix)
     model = MulticoilVarNet(config)
-    ours, theirs = set(model.state_dict()), set(state)
-    shapes = [k for k in ours & theirs if tuple(model.state_dict()[k].shape) != tuple(state[k].shape)]
-    if ours != theirs or shapes:
-        detail = "; ".join(f"{what}: {', '.join(sorted(keys)[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for what, keys in (("missing", ours - theirs),
-                                              ("unexpected", theirs - ours),
-                                              ("other shape", set(shapes))) if keys)
-        raise LdpmInputError(
-            path, f"weights do not fit a VarNet with {model.config} ({detail})",
-            "set inference.varnet_official.model to the architecture the weights were trained "
-            "with (fastMRI's: num_cascades 12, chans 18, pools 4, sens_chans 8, sens_pools 4)")
-    model.load_state_dict(state)
-    return model.eval()
+    return load_state_dict_into(
+        model, path, arch=f"an E2E-VarNet with {model.config}", lightning_prefix="varnet.",
+        fix="set inference.varnet_official.checkpoint in config/config.yaml to fastMRI's "
+            "varnet_brain_mc (brain_leaderboard_state_dict.pt) or varnet_knee_mc weights",
+        arch_fix="set inference.varnet_official.model to the architecture the weights were "
+                 "trained with (fastMRI's: num_cascades 12, chans 18, pools 4, sens_chans 8, "
+                 "sens_pools 4)")

@@ -28,6 +28,7 @@ from ..io import write_text_atomic
 METHOD_NAMES = {
     "zero_filled": "Zero-Filled",
     "unet": "U-Net",
+    "unet_official": "U-Net (fastMRI weights, multicoil)",
     "varnet": "E2E-VarNet",
     "varnet_official": "E2E-VarNet (fastMRI weights, multicoil)",
     "swinmr": "SwinMR",

@@ -1,9 +1,10 @@
-"""fastMRI's published multicoil E2E-VarNet (the ``varnet_official`` method, issue #5).
+"""fastMRI's published multicoil U-Net and E2E-VarNet weights (``unet_official`` and
+``varnet_official``, issue #5; the paper used both).
 
-Our :class:`MulticoilVarNet` must load fastMRI's state dicts and compute what fastMRI's own
-``VarNet`` computes (checked against the ``fastmri`` package, installed with ``--no-deps`` by
-``make install`` for this test); the method must run it on the raw multicoil k-space of each
-test slice, with the stored mask, and crop like the targets.
+Our models must load fastMRI's state dicts and compute what fastMRI's own code computes
+(checked against the ``fastmri`` package, installed with ``--no-deps`` by ``make install`` for
+these tests); the methods must run them on the raw multicoil k-space of each test slice, with
+the stored mask, and crop like the targets.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from ldpm.config import load_config
 from ldpm.data import build_manifest, preprocess_volume, read_shard, write_test_shard
 from ldpm.errors import LdpmInputError
 from ldpm.methods import reconstruct_shard
-from ldpm.models.varnet import MulticoilVarNet, load_official_checkpoint, low_frequency_band
+from ldpm.models.unet import UnetRecon, load_official_unet
+from ldpm.models.varnet import MulticoilVarNet, load_official_varnet, low_frequency_band
 from ldpm.mri import center_crop
 
 TINY_ARCH = {"num_cascades": 2, "chans": 4, "pools": 2, "sens_chans": 4, "sens_pools": 2}
+TINY_UNET = {"chans": 4, "num_pool_layers": 2}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,7 +66,7 @@ def test_matches_fastmri_varnet_and_loads_its_checkpoints(tmp_path):
     with torch.no_grad():
         expected = ref(torch.view_as_real(k_u), mask.bool()[:, None, None, :, None])
         for path in (plain, lightning):
-            ours = load_official_checkpoint(path, TINY_ARCH)
+            ours = load_official_varnet(path, TINY_ARCH)
             assert not ours.training
             torch.testing.assert_close(ours(k_u, mask), expected, rtol=1e-4, atol=1e-5)
             # and the sensitivity maps are normalised over coils
@@ -73,15 +76,15 @@ def test_matches_fastmri_varnet_and_loads_its_checkpoints(tmp_path):
 
 def test_bad_checkpoints_are_refused_naming_the_file(tmp_path):
     with pytest.raises(LdpmInputError, match="not found"):
-        load_official_checkpoint(tmp_path / "missing.pt", TINY_ARCH)
+        load_official_varnet(tmp_path / "missing.pt", TINY_ARCH)
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     with pytest.raises(LdpmInputError, match="not a readable torch checkpoint"):
-        load_official_checkpoint(junk, TINY_ARCH)
+        load_official_varnet(junk, TINY_ARCH)
     small = tmp_path / "small.pt"
     torch.save(MulticoilVarNet(TINY_ARCH).state_dict(), small)
-    with pytest.raises(LdpmInputError, match="do not fit a VarNet with .*missing: ") as err:
-        load_official_checkpoint(small)  # the official architecture has 12 cascades
+    with pytest.raises(LdpmInputError, match="do not fit an E2E-VarNet with .*missing: ") as err:
+        load_official_varnet(small)  # the official architecture has 12 cascades
     assert "inference.varnet_official.model" in str(err.value)
 
 
@@ -109,10 +112,12 @@ def multicoil_data(tmp_path_factory):
     build_manifest(stores, manifest, {"train": 0.5, "val": 0.0, "test": 0.5}, seed=0)
     shard = write_test_shard(manifest, 0, 1, root / "shard0.h5", acceleration=4,
                              center_fraction=0.25, mask_seed=1)
-    ckpt = root / "weights.pt"
+    ckpt, unet_ckpt = root / "weights.pt", root / "unet_weights.pt"
     torch.manual_seed(1)
     torch.save(MulticoilVarNet(TINY_ARCH).state_dict(), ckpt)
-    return {"root": root, "manifest": manifest, "shard": shard, "ckpt": ckpt}
+    torch.save(UnetRecon(TINY_UNET).unet.state_dict(), unet_ckpt)
+    return {"root": root, "manifest": manifest, "shard": shard, "ckpt": ckpt,
+            "unet_ckpt": unet_ckpt}
 
 
 def test_method_reconstructs_the_raw_multicoil_slices_with_the_stored_masks(multicoil_data):
@@ -127,7 +132,7 @@ def test_method_reconstructs_the_raw_multicoil_slices_with_the_stored_masks(mult
     # the same computation by hand: raw k-space of the slice, its stored mask, crop
     import h5py
 
-    model = load_official_checkpoint(d["ckpt"], TINY_ARCH)
+    model = load_official_varnet(d["ckpt"], TINY_ARCH)
     for i, (volume, s) in enumerate(zip(shard["volume"], shard["slice"])):
         with h5py.File(d["root"] / f"{volume}.h5") as f:
             k = torch.from_numpy(f["kspace"][s])[None]
@@ -137,6 +142,35 @@ def test_method_reconstructs_the_raw_multicoil_slices_with_the_stored_masks(mult
             image = model(k * m[:, None, None, :], m)[0].numpy()
         np.testing.assert_allclose(recon["recon"][i], center_crop(image, (16, 16)), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_unet_official_is_fastmris_unet_on_the_rss_of_the_zero_filled_coils(multicoil_data):
+    """Against fastMRI's own UnetDataTransform('multicoil') + Unet on the same masked k-space."""
+    fm_unet = pytest.importorskip("fastmri.models.unet", reason="make install adds fastmri")
+    transforms = pytest.importorskip("fastmri.data.transforms")
+    d = multicoil_data
+    torch.manual_seed(2)
+    ref = fm_unet.Unet(1, 1, chans=4, num_pool_layers=2).eval()
+    weights = d["root"] / "fastmri_unet.pt"
+    torch.save(ref.state_dict(), weights)
+    out = d["root"] / "recon_unet.h5"
+    reconstruct_shard("unet_official", d["shard"], out, options={
+        "checkpoint": str(weights), "model": TINY_UNET, "manifest": str(d["manifest"]),
+        "device": "cpu"})
+    shard, recon = read_shard(d["shard"]), read_shard(out)
+    import h5py
+
+    for i, (volume, s) in enumerate(zip(shard["volume"], shard["slice"])):
+        with h5py.File(d["root"] / f"{volume}.h5") as f:
+            masked = f["kspace"][s] * shard["mask"][i][None, None, :]
+        sample = transforms.UnetDataTransform("multicoil")(masked, None, np.zeros((16, 16)), {},
+                                                          volume, s)
+        with torch.no_grad():
+            expected = ref(sample.image[None, None])[0, 0] * sample.std + sample.mean
+        np.testing.assert_allclose(recon["recon"][i], expected.numpy(), rtol=1e-4, atol=1e-6)
+    # and a file of another architecture is refused, naming the key to set
+    with pytest.raises(LdpmInputError, match="inference.unet_official.model"):
+        load_official_unet(weights)  # fastMRI's released U-Nets have 256 channels
 
 
 def test_method_refuses_masks_narrower_than_the_raw_kspace(multicoil_data, tmp_path):
@@ -155,23 +189,25 @@ def test_method_refuses_masks_narrower_than_the_raw_kspace(multicoil_data, tmp_p
         reconstruct_shard("varnet_official", shard, tmp_path / "r.h5", options=options)
 
 
-def test_config_requires_the_weights_when_the_method_is_listed():
-    with pytest.raises(LdpmInputError, match="inference.varnet_official.checkpoint"):
-        load_config(overrides={"methods": ["zero_filled", "varnet_official"]})
-    cfg = load_config(overrides={"methods": ["zero_filled", "varnet_official"],
-                                 "inference": {"varnet_official": {"checkpoint": "w.pt"}}})
-    assert cfg["inference"]["varnet_official"]["checkpoint"] == "w.pt"
+@pytest.mark.parametrize("method", ["unet_official", "varnet_official"])
+def test_config_requires_the_weights_when_the_method_is_listed(method):
+    with pytest.raises(LdpmInputError, match=f"inference.{method}.checkpoint"):
+        load_config(overrides={"methods": ["zero_filled", method]})
+    cfg = load_config(overrides={"methods": ["zero_filled", method],
+                                 "inference": {method: {"checkpoint": "w.pt"}}})
+    assert cfg["inference"][method]["checkpoint"] == "w.pt"
 
 
 def test_dag_reconstructs_with_the_weights_and_trains_nothing_for_it(tmp_path):
-    """Dry run: the method's jobs read the manifest and the weights; no training job."""
+    """Dry run: the methods' jobs read the manifest and the weights; no training job."""
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
     weights = tmp_path / "brain_leaderboard_state_dict.pt"
     weights.write_bytes(b"")
     extra = tmp_path / "extra.yaml"
     extra.write_text(yaml.safe_dump({
-        "methods": ["zero_filled", "varnet_official"],
-        "inference": {"varnet_official": {"checkpoint": str(weights)}},
+        "methods": ["zero_filled", "unet_official", "varnet_official"],
+        "inference": {"unet_official": {"checkpoint": str(weights)},
+                      "varnet_official": {"checkpoint": str(weights)}},
         "diffcode": {"enabled": False}, "lora": {"enabled": False}}))
     cmd = [snakemake, "all", "-n", "--quiet", "rules", "--directory", str(tmp_path / "w"),
            "--snakefile", str(REPO / "Snakefile"),
@@ -181,7 +217,7 @@ def test_dag_reconstructs_with_the_weights_and_trains_nothing_for_it(tmp_path):
     stats = (out.stdout + out.stderr).split("Job stats:", 1)[1].split("\n\n", 1)[0]
     counts = {line.split()[0]: int(line.split()[1]) for line in stats.splitlines()[3:] if line.strip()}
     n_shards = load_config()["inference"]["n_shards"]
-    assert "train" not in counts and counts["reconstruct"] == 2 * n_shards, stats
+    assert "train" not in counts and counts["reconstruct"] == 3 * n_shards, stats
     weights.unlink()  # the weights are an input of its jobs
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert out.returncode != 0 and "MissingInputException" in out.stdout + out.stderr
