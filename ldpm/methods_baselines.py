@@ -53,19 +53,26 @@ def multicoil_recon(k_u: np.ndarray, mask: np.ndarray, options: dict, run) -> np
     """
     import torch
 
-    sources = raw_sources(options["manifest"])
+    volumes, slices = np.asarray(options["volumes"]), np.asarray(options["slices"])
+    sources = raw_sources(options["manifest"], sorted(set(volumes)))
+    if set(volumes) - set(sources):
+        raise LdpmInputError(options["manifest"], "does not list the test volumes "
+                             f"{sorted(set(volumes) - set(sources))[:3]}", "pass the manifest "
+                             "the test shards were written from")
     out = np.empty(k_u.shape, dtype=np.float32)
-    for i, (volume, s) in enumerate(zip(options["volumes"], options["slices"])):
-        kspace = read_kspace_slices(sources[volume], [s])  # [1, C, H, W]
+    for volume, source in sources.items():  # one read of each raw file
+        rows = np.flatnonzero(volumes == volume)
+        kspace = read_kspace_slices(source, slices[rows].tolist())  # [n, C, H, W]
         if kspace.shape[-1] != mask.shape[-1]:
             raise LdpmInputError(
-                sources[volume], f"raw k-space is {kspace.shape[-1]} lines wide but the stored "
+                source, f"raw k-space is {kspace.shape[-1]} lines wide but the stored "
                 f"masks are {mask.shape[-1]}", "set data.crop_size to the raw phase-encoding "
                 "width (fastMRI brain: 320) so the official model sees the same mask")
-        m = torch.from_numpy(mask[i:i + 1])
-        with torch.no_grad():
-            image = run(torch.from_numpy(kspace) * m[:, None, None, :], m)
-        out[i] = center_crop(image.cpu().numpy(), k_u.shape[-2:])
+        for i, k in zip(rows, kspace):
+            m = torch.from_numpy(mask[i:i + 1])
+            with torch.no_grad():
+                image = run(torch.from_numpy(k[None]) * m[:, None, None, :], m)
+            out[i] = center_crop(image.cpu().numpy(), k_u.shape[-2:])
     return out
 
 

@@ -148,11 +148,14 @@ def _resolve_store(store: str, manifest_csv: str | Path) -> Path:
     return path
 
 
-def raw_sources(manifest_csv: str | Path) -> dict[str, Path]:
-    """Volume -> the raw multicoil file its slice store was made from (attr ``source_file``)."""
-    df = read_manifest(manifest_csv)
+def raw_sources(manifest_csv: str | Path, volumes: Sequence[str] | None = None) -> dict[str, Path]:
+    """Volume -> the raw multicoil file its slice store was made from (attr ``source_file``),
+    for ``volumes`` (default: all); only their stores are opened."""
+    df = read_manifest(manifest_csv).drop_duplicates("volume")
+    if volumes is not None:
+        df = df[df["volume"].isin(set(volumes))]
     out: dict[str, Path] = {}
-    for volume, store in df.drop_duplicates("volume")[["volume", "store"]].itertuples(index=False):
+    for volume, store in df[["volume", "store"]].itertuples(index=False):
         with h5py.File(_resolve_store(str(store), manifest_csv), "r") as f:
             out[str(volume)] = Path(str(f.attrs["source_file"]))
     return out
