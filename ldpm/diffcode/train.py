@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import LdpmInputError
-from ..train.loop import freeze, train
+from ..train.loop import freeze, read_final, train
 from ..train.runtime import resolve_device
 from .config import stage_dependencies, stage_kind
 from .data import read_task_pairs, split_pairs
@@ -148,12 +148,7 @@ def save_stage(folder: Path, cfg: Mapping, modules: Mapping[str, nn.Module]) -> 
 def load_stage(folder: str | Path, device: torch.device | str = "cpu",
                expect: str | None = None) -> tuple[dict, dict[str, nn.Module]]:
     """``(config, modules)`` of a trained stage (its training folder or ``final/``), frozen."""
-    folder = Path(folder)
-    final = folder if (folder / "model.safetensors").is_file() else folder / "final"
-    if not (final / "model.safetensors").is_file() or not (final / "config.json").is_file():
-        raise LdpmInputError(folder, "no trained DiffCode stage here (final/model.safetensors + config.json)",
-                             "run `ldpm diffcode-train` for it first")
-    cfg = json.loads((final / "config.json").read_text())
+    final, cfg = read_final(folder, "DiffCode stage", "run `ldpm diffcode-train` for it first")
     if expect is not None and cfg.get("stage") != expect:
         raise LdpmInputError(final, f"holds stage {cfg.get('stage')!r}, not {expect!r}",
                              f"pass the diffcode_{expect} training folder")

@@ -42,7 +42,7 @@ from ..models.unet import UnetRecon
 from ..models.varnet import VarNet
 from ..mri import ifft2c
 from ..sampling.score_pc import score_pc_sample
-from .loop import random_batch, resolve_n_steps, sync_gradients, train, undersampled_batch
+from .loop import random_batch, read_final, resolve_n_steps, sync_gradients, train, undersampled_batch
 from .runtime import Runtime
 
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
@@ -299,12 +299,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
 
 def load_baseline(ckpt: str | Path, expect: str | None = None) -> tuple[nn.Module, str, dict]:
     """``(model, name, cfg)`` from a training folder (or its ``final/``); eval mode, frozen."""
-    ckpt = Path(ckpt)
-    final = ckpt if (ckpt / "model.safetensors").is_file() else ckpt / "final"
-    if not (final / "model.safetensors").is_file() or not (final / "config.json").is_file():
-        raise LdpmInputError(ckpt, "no trained baseline here (final/model.safetensors + config.json)",
-                             "run ldpm.train.baselines.train_baseline first")
-    meta = json.loads((final / "config.json").read_text())
+    final, meta = read_final(ckpt, "baseline", "run ldpm.train.baselines.train_baseline first")
     name, cfg = meta["name"], meta["config"]
     if expect is not None and name != expect:
         raise LdpmInputError(final, f"holds a {name!r} model, not {expect!r}",

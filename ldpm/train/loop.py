@@ -108,6 +108,17 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def read_final(folder: str | Path, what: str, fix: str) -> tuple[Path, dict]:
+    """``(final, config)`` of a trained stage: its ``final/`` (``folder`` itself or
+    ``folder/final``, holding ``model.safetensors`` + ``config.json``) and that config."""
+    folder = Path(folder)
+    final = folder if (folder / "model.safetensors").is_file() else folder / "final"
+    if not (final / "model.safetensors").is_file() or not (final / "config.json").is_file():
+        raise LdpmInputError(folder, f"no trained {what} here (final/model.safetensors + "
+                             "config.json)", fix)
+    return final, json.loads((final / "config.json").read_text())
+
+
 def _write_dir_atomic(final: Path, writer: Callable[[Path], None]) -> None:
     """Run ``writer(tmp_dir)`` then move ``tmp_dir`` onto ``final`` (replacing an old one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
