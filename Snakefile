@@ -36,3 +36,9 @@ rule all:
         DIFFCODE_OUTPUTS,
         LORA_OUTPUTS,
     default_target: True
+
+
+rule val:
+    """Every method scored on the val split (for tuning: docs/tuning.md)."""
+    input:
+        VAL_OUTPUTS,

@@ -68,7 +68,12 @@ def main() -> None:
                      "cross_attention_dim": 1024, "attention_head_dim": 64, "norm_num_groups": 32,
                      "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
                      "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}}}
-    n_steps = a.steps or stage["sampler"]["n_steps"]
+    from ldpm.config import REPO_ROOT, load_config
+
+    run_cfg = load_config(REPO_ROOT / "config" / ("config.yaml" if a.preset == "default"
+                                                  else "presets/paper.yaml"),
+                          {"pretrained": {"vae_without_vgg": True}})
+    n_steps = a.steps or run_cfg["inference"]["ldpm"]["n_steps"]  # the sampler's one source
 
     x = np.random.default_rng(0).random((1, a.size, a.size)).astype(np.float32)
     mask = mask_for_slice("bench", 0, a.size, 8)[None]

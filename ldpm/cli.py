@@ -83,7 +83,7 @@ def train(a: argparse.Namespace) -> None:
     from .train.stages import run_stage
 
     run_stage(a.stage, a.manifest, a.out_dir, a.overrides, a.preset, a.seed,
-              deps=dict(a.dep or []), pretrained=a.pretrained, device=a.device)
+              deps=dict(a.dep or []), pretrained=a.pretrained, device=a.device, masks=a.masks)
 
 
 # --------------------------------------------------------------------------- methods
@@ -97,6 +97,19 @@ def reconstruct(a: argparse.Namespace) -> None:
     options = {**a.options, "device": str(resolve_device(a.device))}
     reconstruct_shard(a.method, a.shard_data, a.output, checkpoints=dict(a.checkpoint or []),
                       options=options)
+
+
+@command
+def val_score(a: argparse.Namespace) -> None:
+    """Score one method on the val split (for tuning; the test split is not read)."""
+    from .metrics.val_score import score_split
+    from .train.runtime import resolve_device
+
+    options = {**a.options, "device": str(resolve_device(a.device))}
+    summary = score_split(a.method, a.manifest, dict(a.checkpoint or []), options, a.masks, a.out_dir)
+    m = summary["metrics"]
+    log.info("%s on val: PSNR %.2f ± %.2f dB, SSIM %.4f (%d volumes)", a.method, m["psnr"]["mean"],
+             m["psnr"]["std"], m["ssim"]["mean"], summary["n_volumes"])
 
 
 # --------------------------------------------------------------------------- metrics
@@ -116,7 +129,8 @@ def vae_recon(a: argparse.Namespace) -> None:
     from .metrics.vae_eval import vae_recon_test_set
 
     written = vae_recon_test_set(a.data, a.vae_dir, a.sd_path or None,
-                                 {k: p for k, p in a.output}, batch_size=a.batch_size)
+                                 {k: p for k, p in a.output}, batch_size=a.batch_size,
+                                 untuned_dir=a.untuned_dir or None)
     log.info("wrote %s", ", ".join(f"{k}: {p}" for k, p in written.items()))
 
 
@@ -193,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dep", type=_named_path, action="append", metavar="STAGE=FOLDER",
                    help="an earlier stage's training folder, e.g. vae=results/models/vae")
     s.add_argument("--pretrained", type=_json, default={}, help="the config's `pretrained` block")
+    s.add_argument("--masks", type=_json, default=None,
+                   help="the config's `masks` block (default: config/config.yaml's)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU if one is visible (under torchrun: this rank's), else the CPU")
 
@@ -203,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=_named_path, action="append", metavar="STAGE=FOLDER",
                    help="a trained model folder, e.g. unet=results/models/unet (repeatable)")
     s.add_argument("--options", type=_json, default={}, help="method options as JSON")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: a GPU if one is visible, else the CPU")
+
+    s = sub.add_parser("val-score", help=val_score.__doc__)
+    s.add_argument("--method", required=True)
+    s.add_argument("--manifest", type=Path, required=True)
+    s.add_argument("--checkpoint", type=_named_path, action="append", metavar="STAGE=FOLDER",
+                   help="a trained model folder, e.g. unet=results/models/unet (repeatable)")
+    s.add_argument("--options", type=_json, default={}, help="method options as JSON")
+    s.add_argument("--masks", type=_json, required=True, help="the config's `masks` block")
+    s.add_argument("--out-dir", type=Path, required=True)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU if one is visible, else the CPU")
 
@@ -220,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, nargs="+", required=True, help="all test shards")
     s.add_argument("--vae-dir", type=Path, required=True, help="the vae stage's training folder")
     s.add_argument("--sd-path", default="", help="Stable Diffusion folder ('' = none: untuned VAE)")
+    s.add_argument("--untuned-dir", default="",
+                   help="without SD: the vae_natural stage's training folder (the untuned VAE)")
     s.add_argument("--output", type=_named_path, action="append", required=True, metavar="KIND=FILE",
                    help="mr=results/vae_recon/mr.h5 and/or untuned=results/vae_recon/untuned.h5")
     s.add_argument("--batch-size", type=int, default=8)

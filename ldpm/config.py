@@ -65,6 +65,13 @@ def validate_config(config: Mapping[str, Any], source: str | Path = "config") ->
     if config["data"]["source"] == "fastmri" and not config["data"].get("fastmri_root"):
         raise LdpmInputError(f"{source}: data.fastmri_root", "is empty but data.source is fastmri",
                              "set it to the folder holding the fastMRI multicoil *.h5 files")
+    pre = config.get("pretrained") or {}
+    if (config["train"]["preset"] == "paper" and not pre.get("vgg16_path")
+            and not pre.get("vae_without_vgg")):
+        raise LdpmInputError(f"{source}: pretrained.vgg16_path",
+                             "is empty under train.preset paper, so eq. 5's VGG term would be dropped",
+                             "set it to a local torchvision vgg16 state dict (vgg16-397923af.pth), "
+                             "or set pretrained.vae_without_vgg: true to train without it")
     for method, what in (("unet_official", "U-Net"), ("varnet_official", "E2E-VarNet")):
         weights = (config.get("inference", {}).get(method) or {}).get("checkpoint")
         if method in config["methods"] and not weights:
@@ -73,6 +80,17 @@ def validate_config(config: Mapping[str, Any], source: str | Path = "config") ->
                                  f"set it to fastMRI's {what} weights (e.g. "
                                  f"brain_leaderboard_state_dict.pt), or drop {method} from methods")
     return config
+
+
+def training_masks(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The masks every training stage draws (``masks.acceleration``, ``masks.center_fraction``
+    of ``config``; without one, of ``config/config.yaml``), so that training and test masks
+    share one source and one geometry."""
+    if config is None:
+        with open(DEFAULT_CONFIG) as f:
+            config = yaml.safe_load(f)
+    m = config["masks"]
+    return {"acceleration": int(m["acceleration"]), "center_fraction": float(m["center_fraction"])}
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> dict:

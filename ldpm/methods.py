@@ -47,6 +47,8 @@ def measure(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
+#: Table II's "Sketcher only" row: the condition c = |DC[R(x_u), k_u, M]| itself (eq. 2-3)
+SKETCHER_ONLY = "sketcher_only"
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 #: methods that read the raw multicoil k-space of each test slice (``options["manifest"]``
 #: leads to the volumes' source files) instead of the single-coil ``k_u``; no training stage
@@ -58,14 +60,18 @@ def stage_dependencies(stage: str, with_sd: bool) -> list[str]:
     prior = [] if with_sd else ["denoiser"]
     from .methods_lora import lora_stage_dependencies  # issue #9
 
-    return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior]}.get(
+    return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior],
+            "vae": [] if with_sd else ["vae_natural"]}.get(
         stage, lora_stage_dependencies(stage, with_sd))
 
 
 def method_stages(method: str, with_sd: bool) -> list[str]:
     """Training stages whose checkpoints ``method`` reconstructs with."""
     if method in LDPM_VARIANTS:
-        return ["sketcher", "vae", "controlnet", *([] if with_sd else ["denoiser"])]
+        untuned = ["vae_natural"] if method == "ldpm_wo_mrvae" and not with_sd else []
+        return ["sketcher", "vae", "controlnet", *([] if with_sd else ["denoiser"]), *untuned]
+    if method == SKETCHER_ONLY:
+        return ["sketcher"]
     if method in BASELINES:
         return [method]
     if method in MULTICOIL_METHODS:

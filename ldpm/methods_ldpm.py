@@ -5,19 +5,21 @@ MR-VAE -> Dual-Stage Sampler with MRControlNet (eq. 8-12). The ablations switch 
 at sampling time, with the same trained networks:
 
 - ``ldpm_wo_mrvae`` (``vae: sd``): the VAE *before* MR fine-tuning encodes ``c`` and decodes --
-  SD 2-1-base's VAE with ``pretrained.sd_path``; without SD weights, the untuned (randomly
-  initialised, same seed) VAE that MR-VAE was trained from.
+  SD 2-1-base's VAE with ``pretrained.sd_path``; without SD weights, the natural-image VAE
+  (``vae_natural`` stage) that MR-VAE was fine-tuned from.
+- ``sketcher_only``: the condition ``c`` itself, no diffusion (what MRControlNet and the
+  sampler add on top of it).
 - ``ldpm_wo_skm`` (``sketcher: off``): the condition is ``|DC[x_u, k_u, M]| = |x_u|``.
 - ``ldpm_wo_dss`` (``sampler: plain``): plain respaced DDPM, no DC and no k-space guidance.
 
 Checkpoints: ``sketcher``, ``vae``, ``controlnet`` and (without SD weights) ``denoiser``
-training folders. Each slice is scaled by the maximum of its zero-filled image (computed from the
-measurement alone) before sampling and scaled back after.
+training folders. Each slice is divided by the maximum of its zero-filled image, computed from the
+measurement alone (:func:`ldpm.mri.measurement_scale`, as in every training stage), before
+sampling and multiplied back after.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -27,8 +29,8 @@ import numpy as np
 import torch
 
 from .errors import LdpmInputError
-from .methods import register
-from .mri import ifft2c
+from .methods import SKETCHER_ONLY, register
+from .mri import ifft2c, measurement_scale
 
 #: the three switches of Table II, and each method's setting of them
 VARIANTS: dict[str, dict[str, str]] = {
@@ -39,19 +41,18 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
-def untuned_vae(mr_vae_dir: Path, sd_path: str | None):
-    """The VAE MR-VAE was fine-tuned from: SD's, or the same-seed random initialisation."""
+def untuned_vae(natural_vae_dir: Path | None, sd_path: str | None):
+    """The VAE MR-VAE was fine-tuned from: SD's, or (without SD weights) the natural-image VAE
+    of the ``vae_natural`` stage (:mod:`ldpm.data.natural`)."""
     from .models import build_vae
+    from .train.vae import load_vae
 
     if sd_path:
         return build_vae(None, sd_path).eval().requires_grad_(False)
-    meta = json.loads((Path(mr_vae_dir) / "meta.json").read_text())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(meta["seed"]))
-        vae = build_vae(meta["config"].get("model"), None)
-    trained_scale = json.loads((Path(mr_vae_dir) / "final" / "config.json").read_text())
-    vae.register_to_config(scaling_factor=trained_scale.get("scaling_factor", 0.18215))
-    return vae.eval().requires_grad_(False)
+    if natural_vae_dir is None:
+        raise LdpmInputError("method ldpm_wo_mrvae", "no vae_natural checkpoint folder given",
+                             "pass --checkpoint vae_natural=<its training folder>")
+    return load_vae(natural_vae_dir)
 
 
 def load_ldpm(checkpoints: Mapping[str, Path], vae_kind: str, sd_path: str | None):
@@ -66,7 +67,8 @@ def load_ldpm(checkpoints: Mapping[str, Path], vae_kind: str, sd_path: str | Non
             raise LdpmInputError("method ldpm", f"no {name} checkpoint folder given",
                                  f"pass --checkpoint {name}=<its training folder>")
     sketcher = load_sketcher(checkpoints["sketcher"])
-    vae = load_vae(checkpoints["vae"]) if vae_kind == "mr" else untuned_vae(checkpoints["vae"], sd_path)
+    vae = (load_vae(checkpoints["vae"]) if vae_kind == "mr"
+           else untuned_vae(checkpoints.get("vae_natural"), sd_path))
     denoiser, null = load_prior(checkpoints, sd_path)
     return sketcher, vae, load_controlnet(checkpoints["controlnet"], denoiser)
 
@@ -77,6 +79,21 @@ def condition(sketcher, x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor
     if use_sketcher:
         return sketcher(x_u, k_u, mask)
     return x_u
+
+
+#: the Dual-Stage Sampler's settings, all from the config's ``inference.ldpm`` (eq. 8-12)
+SAMPLER_KEYS = ("n_steps", "p", "guidance_scale", "eps_mode")
+
+
+def sampler_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``n_steps``, ``p``, ``guidance_scale``, ``eps_mode`` from the method's options (the
+    config's ``inference.ldpm``); a missing one is an error, never a default."""
+    missing = [k for k in SAMPLER_KEYS if k not in options]
+    if missing:
+        raise LdpmInputError(f"config: inference.ldpm.{missing[0]}", "is not set",
+                             f"set inference.ldpm.{{{', '.join(SAMPLER_KEYS)}}} (config/config.yaml)")
+    return {"n_steps": int(options["n_steps"]), "p": int(options["p"]),
+            "guidance_scale": float(options["guidance_scale"]), "eps_mode": str(options["eps_mode"])}
 
 
 def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
@@ -95,9 +112,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     dev = torch.device(options.get("device", "cpu"))
     sketcher, vae, mrcn = (m.to(dev) for m in models or load_ldpm(checkpoints, switches["vae"],
                                                                    options.get("sd_path")))
-    sampler = DualStageSampler(n_steps=int(options.get("n_steps", 25)), p=int(options.get("p", 200)),
-                               guidance_scale=float(options.get("guidance_scale", 0.1)),
-                               use_dss=switches["sampler"] == "dss")
+    sampler = DualStageSampler(**sampler_settings(options), use_dss=switches["sampler"] == "dss")
     encode, decode = partial(vae_encode, vae), partial(vae_decode, vae)
     seeds = options["slice_seeds"]
     out = np.zeros(k_u.shape, np.float32)
@@ -106,13 +121,13 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
         k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + 1])).to(dev, torch.complex64)[:, None]
         m = torch.from_numpy(np.ascontiguousarray(mask[i:i + 1], dtype=np.float32)).to(dev)[:, None, None]
         x_u = ifft2c(k).abs()
-        scale = x_u.amax().clamp_min(1e-12)
+        scale = measurement_scale(x_u)
         k, x_u = k / scale, x_u / scale
         with torch.no_grad():
             c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
         gen = torch.Generator().manual_seed(int(seeds[i]))
         x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gen)
-        out[i] = (x[0, 0] * scale).cpu().numpy()
+        out[i] = (x * scale)[0, 0].cpu().numpy()
     if isinstance(options.get("timings"), dict):
         options["timings"]["sampling_seconds"] = time.perf_counter() - start
     return out
@@ -120,3 +135,27 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
 
 for _name in VARIANTS:
     register(_name)(partial(ldpm_reconstruct, variant=_name))
+
+
+@register(SKETCHER_ONLY)
+def sketcher_only_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
+                              options: dict[str, Any]) -> np.ndarray:
+    """The Sketcher's condition ``c = |DC[R(x_u), k_u, M]|`` (eq. 2-3) as the reconstruction,
+    with the same normalisation as LDPM -> [N, H, W]."""
+    from .train.sketcher import load_sketcher
+
+    if "sketcher" not in checkpoints:
+        raise LdpmInputError("method sketcher_only", "no sketcher checkpoint folder given",
+                             "pass --checkpoint sketcher=<its training folder>")
+    dev = torch.device(options.get("device", "cpu"))
+    sketcher = load_sketcher(checkpoints["sketcher"]).to(dev)
+    out = np.zeros(k_u.shape, np.float32)
+    bs = int(options.get("batch_size", 8))
+    with torch.no_grad():
+        for i in range(0, len(k_u), bs):
+            k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + bs])).to(dev, torch.complex64)[:, None]
+            m = torch.from_numpy(np.ascontiguousarray(mask[i:i + bs], dtype=np.float32)).to(dev)[:, None, None]
+            x_u = ifft2c(k).abs()
+            scale = measurement_scale(x_u)
+            out[i:i + bs] = (sketcher(x_u / scale, k / scale, m) * scale)[:, 0].cpu().numpy()
+    return out

@@ -20,7 +20,8 @@ def test_default_config_is_valid():
 
 def test_paper_preset_is_valid(default):
     import ldpm.config as c
-    load_config(c.REPO_ROOT / "config" / "presets" / "paper.yaml")
+    load_config(c.REPO_ROOT / "config" / "presets" / "paper.yaml",
+                {"pretrained": {"vgg16_path": "/weights/vgg16-397923af.pth"}})
 
 
 @pytest.mark.parametrize("override,key,fix", [

@@ -61,7 +61,8 @@ def run(monkeypatch, parts, measurement, variant):
     monkeypatch.setattr(ds, "dual_stage_sample", spy_dss)
     monkeypatch.setattr(ds, "plain_sample", spy_plain)
     k_u, mask = measurement
-    out = ml.ldpm_reconstruct(k_u, mask, {}, {"n_steps": 3, "slice_seeds": [7]}, variant=variant)
+    out = ml.ldpm_reconstruct(k_u, mask, {}, {"n_steps": 3, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive",
+                                                   "slice_seeds": [7]}, variant=variant)
     assert out.shape == (1, 32, 32) and np.isfinite(out).all()
     return calls, out
 

@@ -25,7 +25,7 @@ TINY_UNET = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "attention
              "norm_num_groups": 4}
 CFG = {"rank": 2, "alpha": None, "targets": ["to_q", "to_k", "to_v", "to_out.0"], "lora_lr": 1e-2,
        "lr": 1e-3, "batch_size": 2, "crop": None, "n_steps": 3, "epochs": None, "ckpt_every": 2,
-       "acceleration": 4, "center_fraction": 0.08}
+       "masks": {"acceleration": 4, "center_fraction": 0.08}}
 
 
 def tiny_unet():
@@ -128,7 +128,7 @@ def test_a_few_adapter_steps_lower_the_loss(parts, tmp_path):
     def held_out_loss():  # the same images, masks, t and noise before and after training
         with torch.no_grad():
             return float(np.mean([controlnet_loss(model, sketcher, vae, images, abar,
-                                                  torch.Generator().manual_seed(100 + i), 4, 0.08, 7, i)
+                                                  torch.Generator().manual_seed(100 + i), (4, 0.08), 7, i)
                                   for i in range(4)]))
 
     before = held_out_loss()

@@ -76,8 +76,10 @@ def test_vae_shapes_and_levels():
     z = vae_encode(vae, torch.rand(2, 1, 32, 32))
     assert z.shape == (2, 4, 4, 4)
     assert vae_decode(vae, z).shape == (2, 1, 32, 32)
+    assert vae_encode(build_vae({"block_out_channels": [8, 8, 8], "norm_num_groups": 4}),
+                      torch.rand(1, 1, 32, 32)).shape == (1, 4, 8, 8)  # three levels: 4x
     with pytest.raises(LdpmInputError):
-        build_vae({"block_out_channels": [8, 8, 8]})
+        build_vae({"block_out_channels": [8]})
     with pytest.raises(LdpmInputError):
         build_vae(None, sd_path="/nonexistent/sd")
 

@@ -137,13 +137,13 @@ def test_stage_switch_at_p(monkeypatch, vae, problem):
     assert ts == expected_ts  # original timesteps, high to low
     assert calls == ["dc" if t > 200 else "g" for t in expected_ts]
     assert calls.count("g") == sum(t <= 200 for t in expected_ts) > 0
-    assert out.shape == (1, 1, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert out.shape == (1, 1, 32, 32) and out.min() >= 0
 
 
 def test_plain_sampler_calls_neither(monkeypatch, vae, problem):
     out, calls, ts = _run(monkeypatch, vae, problem, DualStageSampler(n_steps=6, use_dss=False))
     assert calls == [] and len(ts) == 6
-    assert out.shape == (1, 1, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert out.shape == (1, 1, 32, 32) and out.min() >= 0
 
 
 def test_samplers_are_seeded(vae, problem):

@@ -18,19 +18,20 @@ from ldpm.train import (load_controlnet, load_denoiser, load_sketcher, load_vae,
 from ldpm.train.controlnet import controlnet_loss
 from ldpm.train.denoiser import denoiser_loss, encode_images
 from ldpm.train.sketcher import sketcher_loss
-from ldpm.train.vae import vae_losses
+from ldpm.train.vae import normalised_images, vae_losses
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8}
 TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
 TINY_UNET = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8,
              "attention_head_dim": 4}
 MASK = {"acceleration": 4, "center_fraction": 0.08}
+CONST = {"lr_schedule": "constant", "warmup": 0}
 CFG = {
-    "sketcher": {"model": TINY_SWIN, "lr": 3e-3, "batch_size": 2, "crop": 32, "ckpt_every": 2, **MASK},
-    "vae": {"model": TINY_VAE, "lr": 3e-3, "disc_lr": 1e-3, "batch_size": 2, "crop": 32,
+    "sketcher": {**CONST, "model": TINY_SWIN, "lr": 3e-3, "batch_size": 2, "crop": 32, "ckpt_every": 2, "masks": MASK},
+    "vae": {**CONST, "model": TINY_VAE, "lr": 3e-3, "disc_lr": 1e-3, "batch_size": 2, "crop": 32,
             "ckpt_every": 2, "disc": {"ndf": 8, "n_layers": 1}, "disc_start": 3},
-    "denoiser": {"model": TINY_UNET, "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2},
-    "controlnet": {"lr": 1e-2, "batch_size": 2, "crop": 32, "ckpt_every": 2, **MASK},
+    "denoiser": {**CONST, "model": TINY_UNET, "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2},
+    "controlnet": {**CONST, "lr": 1e-2, "batch_size": 2, "crop": 32, "ckpt_every": 2, "masks": MASK},
 }
 
 
@@ -76,14 +77,14 @@ def _fixed_loss(stage, model, images, frozen) -> float:
     gen = torch.Generator().manual_seed(123)
     with torch.no_grad():
         if stage == "sketcher":
-            return sketcher_loss(model, images, 4, 0.08, seed=9, step=0).item()
+            return sketcher_loss(model, images, (4, 0.08), seed=9, step=0).item()
         if stage == "vae":
             return vae_losses(model, None, _VGG_OFF, images, gen, _W, use_gan=False)["loss"].item()
         if stage == "denoiser":
-            z = encode_images(vae, images).repeat(4, 1, 1, 1)
+            z = encode_images(vae, normalised_images(images, CFG["denoiser"], 0)).repeat(4, 1, 1, 1)
             return denoiser_loss(NullContextEps(model[0], model[1]), z, base_alphas_cumprod(), gen).item()
         return controlnet_loss(model, sk, vae, images.repeat(3, 1, 1, 1), base_alphas_cumprod(), gen,
-                               4, 0.08, seed=9, step=0).item()
+                               (4, 0.08), seed=9, step=0).item()
 
 
 class _NoVGG:

@@ -1,9 +1,10 @@
 """Fig. 3's data: every ground-truth test slice encoded and decoded by each VAE.
 
 Two VAEs: ``mr`` (the trained MR-VAE, ``<vae_dir>/final``) and ``untuned`` (the VAE it was
-fine-tuned from: Stable Diffusion's when ``sd_path`` is given, else its same-seed random
-initialisation; :func:`ldpm.methods_ldpm.untuned_vae`). Each slice is divided by its volume's
-max (the test shard's ``volume_max``) into [0, 1], passed through ``E`` then ``D``
+fine-tuned from: Stable Diffusion's when ``sd_path`` is given, else the natural-image VAE of the
+``vae_natural`` stage; :func:`ldpm.methods_ldpm.untuned_vae`). Each slice is divided by
+``max |x_u|`` under its stored test mask (:func:`ldpm.mri.measurement_scale`, the scale LDPM
+works in), passed through ``E`` then ``D``
 (:func:`ldpm.models.vae_encode` / :func:`~ldpm.models.vae_decode`, the posterior mean, as
 LDPM uses them) and multiplied back; the output is not clipped.
 
@@ -31,25 +32,25 @@ VAE_KINDS = ("mr", "untuned")
 def vae_label(kind: str, sd_path: str | None) -> str:
     if kind == "mr":
         return "MR-VAE"
-    return "SD-VAE" if sd_path else "untuned VAE (random init)"
+    return "SD-VAE" if sd_path else "natural-image VAE (untuned)"
 
 
-def vae_source(kind: str, vae_dir: Path, sd_path: str | None) -> str:
+def vae_source(kind: str, vae_dir: Path, sd_path: str | None, untuned_dir: Path | None) -> str:
     if kind == "mr":
         return f"trained MR-VAE: {Path(vae_dir) / 'final'}"
     if sd_path:
         return f"Stable Diffusion VAE: {Path(sd_path) / 'vae'}"
-    return (f"MR-VAE's random initialisation (seed from {Path(vae_dir) / 'meta.json'}); "
+    return (f"VAE trained on scikit-image's bundled photographs: {Path(untuned_dir) / 'final'}; "
             "no Stable Diffusion weights configured (pretrained.sd_path)")
 
 
-def load_vae_kind(kind: str, vae_dir: Path, sd_path: str | None):
+def load_vae_kind(kind: str, vae_dir: Path, sd_path: str | None, untuned_dir: Path | None = None):
     from ..methods_ldpm import untuned_vae
     from ..train.vae import load_vae
 
     if kind not in VAE_KINDS:
         raise LdpmInputError(f"vae {kind!r}", "unknown VAE", f"use one of {list(VAE_KINDS)}")
-    return load_vae(vae_dir) if kind == "mr" else untuned_vae(Path(vae_dir), sd_path)
+    return load_vae(vae_dir) if kind == "mr" else untuned_vae(untuned_dir, sd_path)
 
 
 def _read_test_shards(paths: Sequence[Path]) -> dict[str, np.ndarray | list]:
@@ -73,11 +74,12 @@ def _read_test_shards(paths: Sequence[Path]) -> dict[str, np.ndarray | list]:
     if not np.all(vmax > 0):
         raise LdpmInputError(", ".join(map(str, paths)), "a volume's max is not positive",
                              "drop empty volumes from the test split")
-    return {"target": target, "volume": volumes, "slice": slices, "volume_max": vmax}
+    mask = np.concatenate([np.asarray(p["mask"], np.float32) for p in parts])
+    return {"target": target, "volume": volumes, "slice": slices, "volume_max": vmax, "mask": mask}
 
 
 def autoencode(vae, images: np.ndarray, batch_size: int = 8, device: str = "cpu") -> np.ndarray:
-    """``D(E(x))`` of [N,H,W] images in [0,1], batch by batch; float32 [N,H,W]."""
+    """``D(E(x))`` of [N,H,W] normalised images, batch by batch; float32 [N,H,W]."""
     import torch
 
     from ..models import vae_decode, vae_encode
@@ -93,7 +95,8 @@ def autoencode(vae, images: np.ndarray, batch_size: int = 8, device: str = "cpu"
 
 def vae_recon_test_set(shard_paths: Sequence[str | Path], vae_dir: str | Path, sd_path: str | None,
                        outputs: Mapping[str, str | Path], batch_size: int = 8,
-                       device: str | None = None) -> dict[str, Path]:
+                       device: str | None = None,
+                       untuned_dir: str | Path | None = None) -> dict[str, Path]:
     """Write ``outputs[kind]`` (kind in :data:`VAE_KINDS`) for every test slice; see the module doc."""
     import torch
 
@@ -104,11 +107,16 @@ def vae_recon_test_set(shard_paths: Sequence[str | Path], vae_dir: str | Path, s
         raise LdpmInputError("vae-recon --output", f"unknown or no VAE kinds {unknown}",
                              f"give --output KIND=FILE for KIND in {list(VAE_KINDS)}")
     data = _read_test_shards([Path(p) for p in shard_paths])
-    scale = data["volume_max"][:, None, None]
-    x = data["target"] / scale
+    from ..methods import measure
+    from ..mri import zero_filled
+
+    x_u = np.abs(zero_filled(measure(data["target"], data["mask"])))
+    scale = np.maximum(x_u.reshape(len(x_u), -1).max(1), 1e-12).astype(np.float32)[:, None, None]
+    x = (data["target"] / scale).astype(np.float32)
+    untuned_dir = Path(untuned_dir) if untuned_dir else None
     written = {}
     for kind, out in outputs.items():
-        vae = load_vae_kind(kind, Path(vae_dir), sd_path)
+        vae = load_vae_kind(kind, Path(vae_dir), sd_path, untuned_dir)
         recon = autoencode(vae, x, batch_size, device) * scale
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("recon", data=recon.astype(np.float32))
@@ -118,8 +126,8 @@ def vae_recon_test_set(shard_paths: Sequence[str | Path], vae_dir: str | Path, s
             f.create_dataset("slice", data=data["slice"])
             f.create_dataset("volume_max", data=data["volume_max"])
             f.attrs.update({"vae": kind, "label": vae_label(kind, sd_path),
-                            "source": vae_source(kind, Path(vae_dir), sd_path),
-                            "scaling": "slice / volume_max -> E -> D -> * volume_max (not clipped)"})
+                            "source": vae_source(kind, Path(vae_dir), sd_path, untuned_dir),
+                            "scaling": "slice / max|x_u| -> E -> D -> * max|x_u| (not clipped)"})
         written[kind] = Path(out)
     return written
 

@@ -18,7 +18,8 @@ from torch import nn
 from ..errors import LdpmInputError
 from .pretrained import load_sd_component
 
-#: Config-built VAE keys and their defaults. Four levels = 8x downsampling, like SD's VAE.
+#: Config-built VAE keys and their defaults. L levels downsample 2^(L-1)x: four levels = 8x,
+#: like SD's VAE; three = 4x.
 VAE_DEFAULTS: dict[str, Any] = {
     "block_out_channels": [32, 32, 64, 64],
     "layers_per_block": 1,
@@ -41,9 +42,9 @@ def build_vae(cfg: Mapping[str, Any] | None, sd_path: str | Path | None = None) 
         return load_sd_component(AutoencoderKL, sd_path, "vae")
     c = {**VAE_DEFAULTS, **{k: v for k, v in (cfg or {}).items() if k in VAE_DEFAULTS}}
     levels = len(c["block_out_channels"])
-    if levels != 4:
-        raise LdpmInputError("vae.block_out_channels", f"has {levels} levels",
-                             "give 4 levels (8x downsampling, as SD's VAE)")
+    if levels < 2:
+        raise LdpmInputError("vae.block_out_channels", f"has {levels} level(s)",
+                             "give at least 2 levels (4 = 8x downsampling, as SD's VAE)")
     vae = AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -157,14 +158,19 @@ class VGGPerceptual(nn.Module):
             self.features.eval()  # frozen feature extractor
         return self
 
-    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The distance of each sample, [N]: the mean absolute feature difference per layer,
+        summed over the layers (0 when the term is off)."""
         if self.features is None:
-            return x_hat.new_zeros(())
+            return x_hat.new_zeros(x_hat.shape[0])
         a = (x_hat.expand(-1, 3, -1, -1) - self.mean) / self.std
         b = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        loss = x_hat.new_zeros(())
+        loss = x_hat.new_zeros(x_hat.shape[0])
         for i, layer in enumerate(self.features):
             a, b = layer(a), layer(b)
             if i in self.LAYERS:
-                loss = loss + (a - b).abs().mean()
+                loss = loss + (a - b).abs().flatten(1).mean(1)
         return loss
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(x_hat, x).mean()

@@ -41,3 +41,13 @@ def data_consistency(image: Array, k_u: Array, mask: Array) -> Array:
     """
     m = _as_mask(mask, k_u)
     return ifft2c(fft2c(image) * (1 - m) + k_u * m)
+
+
+def measurement_scale(x_u_mag):
+    """``s = max |F^-1(k_u)|`` per slice of a [B, 1, H, W] tensor -> [B, 1, 1, 1] (>= 1e-12).
+
+    The one intensity normalisation of every trained model, in training and reconstruction:
+    computed from the measurement alone, so a test slice is scaled exactly as the training
+    slices were.
+    """
+    return x_u_mag.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)

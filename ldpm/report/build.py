@@ -25,7 +25,8 @@ import yaml
 
 from ..errors import LdpmInputError
 from ..io import write_text_atomic
-from .figures import pick_examples, plot_examples, plot_vae_comparison, read_keys
+from .figures import (pick_examples, plot_examples, plot_training_curves, plot_vae_comparison,
+                      read_keys)
 from .paper import paper_note, paper_table
 from .tables import (TABLE1_METRICS, TABLE2_METRICS, TABLE3_METRICS, TABLE3_SUBSETS, VAE_METRICS,
                      add_paper_columns, load_summary, metrics_long, numeric_table, subset_table,
@@ -133,10 +134,35 @@ def make_fig3(results: str | Path, n_examples: int = 2) -> tuple[Path, list[Path
     return fig, tables
 
 
+def make_training_curves(results: str | Path, stages: Sequence[str]) -> Path:
+    """``figures/training_curves.{png,pdf}``: each stage's ``results/models/<stage>/log.csv``."""
+    results = Path(results)
+    logs = {}
+    for stage in stages:
+        path = results / "models" / stage / "log.csv"
+        if not path.is_file():
+            raise LdpmInputError(path, "no training log for this stage", f"run the {stage} training stage")
+        logs[stage] = pd.read_csv(path)
+    return plot_training_curves(logs, results / "figures" / "training_curves.png")
+
+
 def data_hash(provenance: Mapping) -> str:
     """One SHA-256 over the run's data files: of the sorted ``"<sha256>  <path>"`` lines."""
     lines = sorted(f"{h}  {p}" for p, h in (provenance.get("data_sha256") or {}).items())
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def training_notes(results: Path, config: Mapping) -> str:
+    """What each training stage's ``meta.json`` notes (e.g. a loss term that was off), and the
+    config's explicit opt-outs, as a markdown list."""
+    lines = []
+    if (config.get("pretrained") or {}).get("vae_without_vgg"):
+        lines.append("- MR-VAE was trained **without eq. 5's VGG term**: the config sets "
+                     "`pretrained.vae_without_vgg: true`.")
+    for meta in sorted((results / "models").glob("*/meta.json")):
+        for note in json.loads(meta.read_text()).get("notes") or []:
+            lines.append(f"- `{meta.parent.name}`: {note}")
+    return "\n".join(lines) or "- none: every stage trained with all its loss terms."
 
 
 def write_report(results: str | Path, with_fig3: bool = True) -> Path:
@@ -171,6 +197,12 @@ def write_report(results: str | Path, with_fig3: bool = True) -> Path:
     else:
         parts += ["## Fig. 3: not produced",
                   "No configured method uses the MR-VAE (LDPM or an ablation), so no VAE was trained."]
+    if (results / "figures" / "training_curves.png").is_file():
+        parts += ["## Training curves",
+                  "Each stage's logged loss against the step (running mean over 25 steps over the "
+                  "raw values; the VAE stages also show the L1 error, and a dashed line where the "
+                  "GAN term of eq. 5 starts).\n\n![training curves](figures/training_curves.png)"]
+    parts += ["## Training notes", training_notes(results, prov.get("config") or {})]
     hashes = "\n".join(f"| `{p}` | `{h}` |" for p, h in sorted((prov.get("data_sha256") or {}).items()))
     packages = ", ".join(f"{k} {v}" for k, v in sorted((prov.get("packages") or {}).items()))
     parts += [

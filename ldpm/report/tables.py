@@ -37,9 +37,10 @@ METHOD_NAMES = {
     "ldpm_wo_mrvae": "LDPM (w/o MR-VAE)",
     "ldpm_wo_skm": "LDPM (w/o SkM)",
     "ldpm_wo_dss": "LDPM (w/o DSS)",
+    "sketcher_only": "Sketcher only (condition c)",
 }
 #: Table II's rows, in the paper's order; every other configured method is a Table I row.
-ABLATIONS = ("ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
+ABLATIONS = ("sketcher_only", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
 TABLE2_ROWS = (*ABLATIONS, "ldpm")
 
 #: (key in summary.json, column title, higher is better, decimals)

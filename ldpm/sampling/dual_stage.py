@@ -63,7 +63,10 @@ def dual_stage_sample(eps_fn: EpsFn, vae_encode: Codec, vae_decode: Codec, c_lat
                       p: int = 200, guidance_scale: float = 0.1,
                       generator: torch.Generator | None = None,
                       eps_mode: str = "rederive") -> torch.Tensor:
-    """Sample ``x_hat`` [B, 1, H, W] in [0, 1] given ``c_latent = E(c)`` and the measurements.
+    """Sample ``x_hat`` [B, 1, H, W] given ``c_latent = E(c)`` and the measurements.
+
+    The decoded sample is clipped at 0 only (a magnitude): intensities above ``max |x_u|``
+    (the unit of a normalised slice) are kept.
 
     ``p`` and the switch compare ORIGINAL timesteps in [0, T-1]. ``eps_mode``: ``"rederive"``
     (default) recomputes eq. 12's ``eps_t`` from ``z0'`` so that each step is the DDPM
@@ -87,7 +90,7 @@ def dual_stage_sample(eps_fn: EpsFn, vae_encode: Codec, vae_decode: Codec, c_lat
             sigma2 = float(schedule.posterior_variance[i])
             z = posterior_step(z, z0, abar, abar_prev, sigma2, noise,                # eq. 12
                                eps=eps if eps_mode == "network" else None)
-        return vae_decode(z).clamp(0.0, 1.0)
+        return vae_decode(z).clamp_min(0.0)
 
 
 @dataclass

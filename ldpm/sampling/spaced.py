@@ -124,8 +124,8 @@ def plain_spaced_ddpm(eps_fn: EpsFn, shape: tuple[int, ...], schedule: SpacedSch
 def plain_sample(eps_fn: EpsFn, vae_decode: Callable[[torch.Tensor], torch.Tensor],
                  c_latent: torch.Tensor, schedule: SpacedSchedule,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """:func:`plain_spaced_ddpm` conditioned on ``c_latent``, decoded: [B, 1, H, W] in [0, 1]."""
+    """:func:`plain_spaced_ddpm` conditioned on ``c_latent``, decoded: [B, 1, H, W], clipped at 0."""
     z0 = plain_spaced_ddpm(eps_fn, tuple(c_latent.shape), schedule, generator, c_latent,
                            device=c_latent.device)
     with torch.no_grad():
-        return vae_decode(z0).clamp(0.0, 1.0)
+        return vae_decode(z0).clamp_min(0.0)

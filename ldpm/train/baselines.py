@@ -40,15 +40,15 @@ from ..models.score import ScoreNet, VESDE, dsm_loss
 from ..models.swinmr import SwinMR, SwinMRLoss
 from ..models.unet import UnetRecon
 from ..models.varnet import VarNet
-from ..mri import ifft2c
+from ..mri import ifft2c, measurement_scale
 from ..sampling.score_pc import score_pc_sample
-from .loop import random_batch, read_final, resolve_n_steps, sync_gradients, train, undersampled_batch
+from .loop import (crop_pair, make_batch, random_batch, read_final,  # noqa: F401
+                   resolve_n_steps, stage_masks, sync_gradients, train)
 from .runtime import Runtime
 
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
-_MASKS = {"acceleration": 8, "center_fraction": 0.04}
 _COMMON = {"epochs": None, "ckpt_every": 50, "ema": 0.0, "grad_clip": None, "warmup": 0,
-           "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1, **_MASKS}
+           "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1}
 
 #: Tiny CPU configs: each trains in about a minute on one core (64x64 crops where they help;
 #: the U-Net's instance normalisation and VarNet's k-space need whole images).
@@ -137,41 +137,6 @@ def sde_of(cfg: Mapping[str, Any], n_steps: int | None = None) -> VESDE:
 
 # ----------------------------------------------------------------------------------------------
 # Batches and losses
-
-
-def measurement_scale(x_u_mag: torch.Tensor) -> torch.Tensor:
-    """``s = max |F^-1(k_u)|`` per slice, shape [B, 1, 1, 1] (floored at 1e-12)."""
-    return x_u_mag.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-
-
-def make_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,
-               step: int) -> dict[str, torch.Tensor]:
-    """Undersample ``x`` [B, 1, H, W] (masks seeded ``(seed, step, i)``), normalised by ``s``.
-
-    Keys: ``target`` [B, 1, H, W], ``x_u`` (zero-filled magnitude) [B, 1, H, W], ``k_u``
-    [B, H, W] complex, ``mask`` [B, W], ``scale`` [B, 1, 1, 1]; all divided by ``scale``.
-    """
-    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step)
-    s = measurement_scale(x_u)
-    return {"target": x / s, "x_u": x_u / s, "k_u": k_u[:, 0] / s[:, 0], "mask": mask[:, 0, 0],
-            "scale": s}
-
-
-def crop_pair(batch: Mapping[str, torch.Tensor], crop: int,
-              generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The same random ``crop x crop`` window of ``target`` and ``x_u`` per sample.
-
-    Image-domain baselines (U-Net, SwinMR) are undersampled on the whole image and cropped
-    afterwards, so that the aliasing they learn to remove has the test images' scale (cropping
-    first would alias at the crop's width). ``k_u``/``mask`` no longer match and are dropped.
-    """
-    x, x_u = batch["target"], batch["x_u"]
-    b, _, h, w = x.shape
-    ch, cw = min(crop, h), min(crop, w)
-    tops = torch.randint(h - ch + 1, (b,), generator=generator).tolist()
-    lefts = torch.randint(w - cw + 1, (b,), generator=generator).tolist()
-    pick = lambda t: torch.stack([t[i, :, a:a + ch, c:c + cw] for i, (a, c) in enumerate(zip(tops, lefts))])
-    return {"target": pick(x), "x_u": pick(x_u), "scale": batch["scale"]}
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win: int = 7, k1: float = 0.01,
@@ -265,7 +230,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
         crop = cfg.get("crop")
         x = random_batch(images, rt.local_batch(int(cfg["batch_size"])),
                          None if image_domain else crop, gen)
-        batch = make_batch(x, int(cfg["acceleration"]), float(cfg["center_fraction"]), seed, step)
+        batch = make_batch(x, *stage_masks(cfg), seed, step)
         if image_domain and crop:
             batch = crop_pair(batch, int(crop), gen)
         loss, out = compute_loss(name, model, batch, cfg, gen, crit)

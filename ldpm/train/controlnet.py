@@ -20,7 +20,8 @@ from ..models import MRControlNet, Sketcher, load_controlnet_model, save_control
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
 from .denoiser import noisy_latents
-from .loop import freeze, random_batch, resolve_n_steps, train, undersampled_batch
+from .loop import (crop_pair, freeze, make_batch, random_batch, resolve_n_steps, scheduled_lr,
+                   stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -28,27 +29,38 @@ STAGE = "controlnet"
 
 
 def controlnet_loss(model: MRControlNet, sketcher: Sketcher, vae: AutoencoderKL, x: torch.Tensor,
-                    abar: torch.Tensor, gen: torch.Generator, acceleration: int,
-                    center_fraction: float, seed: int, step: int) -> torch.Tensor:
-    """Eq. 7 for images ``x``: masks seeded ``(seed, step, i)``, ``t``/``eps`` from ``gen``."""
-    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step)
+                    abar: torch.Tensor, gen: torch.Generator, masks: tuple[int, float], seed: int,
+                    step: int, crop: int | None = None) -> torch.Tensor:
+    """Eq. 7 for whole images ``x``, undersampled with the test geometry (masks
+    ``(acceleration, center_fraction)`` seeded ``(seed, step, i)``) and divided by
+    ``max |x_u|`` as at reconstruction; ``c`` is the Sketcher's output on the whole image
+    (eq. 2-3), then (``crop``) the same window of ``c`` and ``x``; ``t``/``eps`` from ``gen``."""
+    batch = make_batch(x, *masks, seed, step)
     with torch.no_grad():
-        c_latent = vae_encode(vae, sketcher(x_u, k_u, mask))
-        z = vae_encode(vae, x)
+        batch["c"] = sketcher(batch["x_u"], batch["k_u"][:, None], batch["mask"][:, None, None])
+        if crop:
+            batch = crop_pair(batch, int(crop), gen, keys=("target", "c"))
+        c_latent = vae_encode(vae, batch["c"])
+        z = vae_encode(vae, batch["target"])
     z_t, t, eps = noisy_latents(z, abar, gen)
     return F.mse_loss(model(z_t, t, c_latent), eps)
 
 
 def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
                        images: torch.Tensor, cfg: Mapping[str, Any], opt: torch.optim.Optimizer,
-                       abar: torch.Tensor, seed: int, rt: Runtime):
+                       abar: torch.Tensor, seed: int, rt: Runtime, n_steps: int):
     """One optimisation step of the ε-loss (eq. 7) on a random batch, for the shared loop
-    (also used by the LoRA stages, whose optimizer holds adapter and/or control weights)."""
+    (also used by the LoRA stages, whose optimizer holds adapter and/or control weights).
+    Each parameter group's learning rate follows ``lr_schedule`` relative to its own base."""
+    base = [g["lr"] for g in opt.param_groups]
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
-        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, int(cfg["acceleration"]),
-                               float(cfg["center_fraction"]), seed, step)
+        factor = scheduled_lr({**cfg, "lr": 1.0}, step, n_steps)
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * factor
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen)
+        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, stage_masks(cfg), seed, step,
+                               cfg["crop"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -75,7 +87,7 @@ def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_d
     opt = torch.optim.AdamW(model.controlnet.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
     abar = base_alphas_cumprod()
 
-    step_fn = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt)
+    step_fn = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt, n_steps)
 
     def save_final(d: Path) -> None:
         save_controlnet(model.controlnet, d)

@@ -18,9 +18,10 @@ from ..errors import LdpmInputError
 from ..models import NullContextEps, build_denoiser, null_text_embedding, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
-from .loop import random_batch, resolve_n_steps, train
+from .loop import random_batch, resolve_n_steps, scheduled_lr, set_lr, train
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
+from .vae import normalised_images
 
 STAGE = "denoiser"
 
@@ -51,14 +52,15 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
                    vae: AutoencoderKL, seed: int = 0, n_steps: int | None = None,
                    log: bool = True, stop_after: int | None = None,
                    runtime: Runtime | None = None) -> tuple[UNet2DConditionModel, torch.Tensor]:
-    """Train a config-built U-Net on the latents of ``images`` (and their mirror images if
-    ``flip``); writes ``ckpt_dir/final`` (``save_pretrained`` + null embedding) and returns
+    """Train a config-built U-Net on the latents of ``images`` divided by ``max |x_u|`` (and
+    their mirror images if ``flip``); writes ``ckpt_dir/final`` (``save_pretrained`` + null embedding) and returns
     ``(unet, null_embedding)``."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     rt = runtime or Runtime()
     vae = vae.eval().requires_grad_(False).to(rt.device)
     images = images.to(rt.device)
+    images = normalised_images(images, cfg, seed)  # the intensity scale of reconstruction
     latents = encode_images(vae, images)
     if cfg.get("flip"):
         latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
@@ -72,6 +74,7 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
     crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        set_lr(opt, scheduled_lr(cfg, step, n_steps))
         z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
         loss = denoiser_loss(eps_model, z, abar, gen)
         opt.zero_grad(set_to_none=True)

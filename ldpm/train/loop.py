@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LdpmInputError
 from ..io import atomic_path, write_text_atomic
-from ..mri import RandomMaskFunc, ifft2c, undersample
+from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
 from .runtime import Runtime
 
 StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
@@ -73,6 +73,68 @@ def undersampled_batch(x: torch.Tensor, acceleration: int, center_fraction: floa
     mask = torch.from_numpy(masks).to(x.device).view(x.shape[0], 1, 1, w)
     k_u = undersample(x, mask)
     return ifft2c(k_u).abs().to(x.dtype), k_u, mask
+
+
+def make_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,
+               step: int) -> dict[str, torch.Tensor]:
+    """Undersample the whole images ``x`` [B, 1, H, W] with the test geometry (masks seeded
+    ``(seed, step, i)``), then normalise everything by ``s`` (:func:`measurement_scale`).
+
+    Keys: ``target`` [B, 1, H, W], ``x_u`` (zero-filled magnitude) [B, 1, H, W], ``k_u``
+    [B, H, W] complex, ``mask`` [B, W], ``scale`` [B, 1, 1, 1]; all divided by ``scale``.
+    """
+    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step)
+    s = measurement_scale(x_u)
+    return {"target": x / s, "x_u": x_u / s, "k_u": k_u[:, 0] / s[:, 0], "mask": mask[:, 0, 0],
+            "scale": s}
+
+
+def crop_pair(batch: Mapping[str, torch.Tensor], crop: int, generator: torch.Generator,
+              keys: Iterable[str] = ("target", "x_u")) -> dict[str, torch.Tensor]:
+    """The same random ``crop x crop`` window of each image in ``keys`` per sample.
+
+    Image-domain models are undersampled on the whole image and cropped afterwards, so that
+    the aliasing they learn to remove has the test images' scale (cropping first would alias
+    at the crop's width). ``k_u``/``mask`` no longer match the crop and are dropped.
+    """
+    keys = list(keys)
+    b, _, h, w = batch[keys[0]].shape
+    ch, cw = min(crop, h), min(crop, w)
+    tops = torch.randint(h - ch + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(w - cw + 1, (b,), generator=generator).tolist()
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return torch.stack([t[i, :, a:a + ch, c:c + cw] for i, (a, c) in enumerate(zip(tops, lefts))])
+
+    return {**{k: pick(batch[k]) for k in keys}, "scale": batch["scale"]}
+
+
+def stage_masks(cfg: Mapping[str, Any]) -> tuple[int, float]:
+    """``(acceleration, center_fraction)`` of a stage config's ``masks`` (set from the run
+    config's ``masks`` block by :func:`ldpm.train.stages.stage_config`; without it, the
+    ``masks`` block of ``config/config.yaml``)."""
+    from ..config import training_masks
+
+    m = cfg.get("masks") or training_masks()
+    return int(m["acceleration"]), float(m["center_fraction"])
+
+
+def scheduled_lr(cfg: Mapping[str, Any], step: int, n_steps: int) -> float:
+    """The learning rate of ``step`` (a pure function of it, so resuming needs no scheduler
+    state): ``cfg['lr']``, with ``lr_schedule: cosine`` a linear warm-up over ``warmup`` steps
+    then a cosine decay to 0 at ``n_steps``."""
+    lr = float(cfg["lr"])
+    if cfg.get("lr_schedule", "constant") == "constant":
+        return lr
+    warm = int(cfg.get("warmup") or 0)
+    if step < warm:
+        return lr * (step + 1) / warm
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, n_steps - warm)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
 
 
 def resolve_n_steps(cfg: Mapping[str, Any], n_images: int, n_steps: int | None = None) -> int:

@@ -123,7 +123,7 @@ def train_lora(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Pat
               "control_parameters": count_parameters(model.controlnet.parameters()) if train_control else 0}
     counts["trainable_parameters"] = counts["adapter_parameters"] + counts["control_parameters"]
 
-    step_fn = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt)
+    step_fn = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt, n_steps)
 
     info = {"adapter": adapter, "rank": int(cfg["rank"]),
             "alpha": float(cfg["alpha"] if cfg.get("alpha") is not None else cfg["rank"]),

@@ -2,7 +2,10 @@
 
 Each stage's dict is what ``train_<stage>(images, cfg, ...)`` takes; ``model`` holds the
 network's own config. A stage trains for ``n_steps`` if set, else ``ceil(epochs * N / batch_size)``.
-``crop: null`` trains on whole images. The ``sampler`` dict feeds ``DualStageSampler``.
+``crop: null`` trains on whole images; otherwise whole images are undersampled and the crop is
+taken after. ``lr_schedule``: ``constant`` or ``cosine`` (linear warm-up over ``warmup`` steps,
+then cosine decay to 0). The masks come from the run config's ``masks`` block and the
+Dual-Stage Sampler's settings from its ``inference.ldpm`` block, never from here.
 """
 
 from __future__ import annotations
@@ -10,27 +13,35 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-_MASKS = {"acceleration": 8, "center_fraction": 0.04}  # paper: 8x, fastMRI's 0.04
+#: A 4x VAE (three levels): 32 x 32 latents of the 128 x 128 default slices (the paper's SD VAE is
+#: 8x: 40 x 40 latents at 320 x 320); an 8x VAE of this size caps the whole method near 25 dB
+#: here (docs/tuning.md).
+_VAE_MODEL = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
+              "norm_num_groups": 8, "scaling_factor": 0.18215, "mid_block_add_attention": True,
+              "init_logvar": -6.0}
+_VAE_LOSS = {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65}  # eq. 5
 
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "sketcher": {
         "model": {"in_channels": 1, "out_channels": 1, "embed_dim": 32, "depths": [2, 2],
                   "num_heads": [2, 2], "window_size": 8, "mlp_ratio": 2.0, "unshuffle_scale": 1,
                   "img_range": 1.0},
-        "lr": 5e-4, "batch_size": 4, "crop": 64, "n_steps": 200, "epochs": None,
-        "ckpt_every": 50, **_MASKS,
+        "lr": 1e-3, "lr_schedule": "cosine", "warmup": 20, "batch_size": 4, "crop": 64,
+        "n_steps": 400, "epochs": None, "ckpt_every": 100,
+    },
+    # the VAE MR-VAE starts from when there are no SD weights: trained on natural photographs
+    # (ldpm.data.natural), as SD's VAE was, with eq. 5's loss (GAN off: disc_start null)
+    "vae_natural": {
+        "model": _VAE_MODEL, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 20, "disc_lr": 2e-4,
+        "betas": [0.5, 0.9], "batch_size": 8, "crop": 64, "n_steps": 500, "epochs": None,
+        "ckpt_every": 100, "loss_weights": _VAE_LOSS, "disc": {"ndf": 16, "n_layers": 2},
+        "disc_start": None, "fit_scaling_factor": True,
     },
     "vae": {
-        # 16 channels at full resolution keep DSS sampling near 1 s per 128x128 slice on one
-        # core (the decoder, run with a backward pass in each guidance step, dominates it).
-        # GroupNorm with 2 channels per group: 1 per group (instance norm) trains far slower.
-        "model": {"block_out_channels": [16, 32, 64, 64], "layers_per_block": 1,
-                  "latent_channels": 4, "norm_num_groups": 8, "scaling_factor": 0.18215,
-                  "mid_block_add_attention": True, "init_logvar": -6.0},
-        "lr": 1e-3, "disc_lr": 2e-4, "betas": [0.5, 0.9], "batch_size": 4, "crop": 64,
-        "n_steps": 400, "epochs": None, "ckpt_every": 100,
-        "loss_weights": {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65},  # eq. 5
-        "disc": {"ndf": 16, "n_layers": 2}, "disc_start": 300,
+        "model": _VAE_MODEL,  # used only without an initial VAE (vae_natural or SD's)
+        "lr": 1e-3, "lr_schedule": "cosine", "warmup": 20, "disc_lr": 2e-4, "betas": [0.5, 0.9],
+        "batch_size": 8, "crop": 64, "n_steps": 800, "epochs": None, "ckpt_every": 100,
+        "loss_weights": _VAE_LOSS, "disc": {"ndf": 16, "n_layers": 2}, "disc_start": 600,
         # A VAE trained from scratch has no SD-like latent scale: set scaling_factor = 1/std of
         # the training latents after training (as SD's 0.18215 was obtained).
         "fit_scaling_factor": True,
@@ -41,14 +52,13 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
                   "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
                   "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 16,
                   "latent_channels": 4},
-        "lr": 1e-3, "batch_size": 8, "crop": None, "flip": True, "n_steps": 300, "epochs": None,
-        "ckpt_every": 100,
+        "lr": 1e-3, "lr_schedule": "cosine", "warmup": 20, "batch_size": 8, "crop": None,
+        "flip": True, "n_steps": 600, "epochs": None, "ckpt_every": 100,
     },
     "controlnet": {
-        "lr": 5e-4, "batch_size": 4, "crop": 64, "n_steps": 300, "epochs": None,
-        "ckpt_every": 50, **_MASKS,
+        "lr": 5e-4, "lr_schedule": "cosine", "warmup": 20, "batch_size": 4, "crop": None,
+        "n_steps": 600, "epochs": None, "ckpt_every": 100,
     },
-    "sampler": {"n_steps": 25, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive"},
 }
 
 #: The paper's sizes (III-A-2) with SD 2-1-base (a local diffusers folder, ``sd_path``).
@@ -59,12 +69,16 @@ PAPER_CONFIG: dict[str, dict[str, Any]] = {
         "model": {"in_channels": 1, "out_channels": 1, "embed_dim": 180, "depths": [6] * 8,
                   "num_heads": [6] * 8, "window_size": 8, "mlp_ratio": 2.0, "unshuffle_scale": 8,
                   "img_range": 1.0},
-        "lr": 1e-4, "batch_size": 8, "crop": None, "n_steps": None, "epochs": 30,
-        "ckpt_every": 1000, **_MASKS,
+        "lr": 1e-4, "lr_schedule": "constant", "warmup": 0, "batch_size": 8, "crop": None,
+        "n_steps": None, "epochs": 30,
+        "ckpt_every": 1000,
     },
+    # only without SD weights (the paper fine-tunes SD's VAE): as the default's
+    "vae_natural": copy.deepcopy(DEFAULT_CONFIG["vae_natural"]),
     "vae": {
         "model": None,  # fine-tuned from SD 2-1-base's vae (sd_path)
-        "lr": 1e-5, "disc_lr": 1e-5, "betas": [0.5, 0.9], "batch_size": 8, "crop": None,
+        "lr": 1e-5, "lr_schedule": "constant", "warmup": 0, "disc_lr": 1e-5, "betas": [0.5, 0.9],
+        "batch_size": 8, "crop": None,
         "n_steps": None, "epochs": 50,
         "ckpt_every": 1000,
         "loss_weights": {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65},
@@ -73,16 +87,16 @@ PAPER_CONFIG: dict[str, dict[str, Any]] = {
     },
     "denoiser": {
         "model": None,  # SD 2-1-base's unet (sd_path), frozen; not trained
-        "lr": None, "batch_size": None, "crop": None, "flip": False, "n_steps": 0, "epochs": None,
+        "lr": None, "lr_schedule": "constant", "warmup": 0, "batch_size": None, "crop": None,
+        "flip": False, "n_steps": 0, "epochs": None,
         "ckpt_every": 1000,
     },
     "controlnet": {
         # The paper writes "lr = 10e-4" (literally 1e-3); DiffBIR's IRControlNet uses 1e-4.
-        "lr": 1e-3, "batch_size": 16, "crop": 320, "n_steps": None, "epochs": 50,
-        "ckpt_every": 1000, **_MASKS,
+        "lr": 1e-3, "lr_schedule": "constant", "warmup": 0, "batch_size": 16, "crop": 320,
+        "n_steps": None, "epochs": 50,
+        "ckpt_every": 1000,
     },
-    # The paper does not give the number of sampling steps; 50 is DiffBIR's default.
-    "sampler": {"n_steps": 50, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive"},
 }
 
 

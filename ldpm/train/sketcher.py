@@ -11,24 +11,29 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import LdpmInputError
 from ..models import Sketcher, SwinIR
-from .loop import random_batch, resolve_n_steps, train, undersampled_batch
+from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr, set_lr,
+                   stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
 STAGE = "sketcher"
 
 
-def sketcher_loss(model: Sketcher, x: torch.Tensor, acceleration: int, center_fraction: float,
-                  seed: int, step: int) -> torch.Tensor:
-    """``||R(x_u) - x||_1`` (mean) with masks seeded ``(seed, step, i)``."""
-    x_u, _, _ = undersampled_batch(x, acceleration, center_fraction, seed, step)
-    return (model.repair(x_u) - x).abs().mean()
+def sketcher_loss(model: Sketcher, x: torch.Tensor, masks: tuple[int, float], seed: int, step: int,
+                  crop: int | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+    """``||R(x_u) - x||_1`` (mean) on whole images ``x`` undersampled with the test geometry
+    (masks ``(acceleration, center_fraction)`` seeded ``(seed, step, i)``), both divided by
+    ``max |x_u|``, then (``crop``) the same random window of ``x_u`` and ``x``."""
+    batch = make_batch(x, *masks, seed, step)
+    if crop:
+        batch = crop_pair(batch, int(crop), gen)
+    return (model.repair(batch["x_u"]) - batch["target"]).abs().mean()
 
 
 def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
                    seed: int = 0, n_steps: int | None = None, log: bool = True,
                    stop_after: int | None = None, runtime: Runtime | None = None) -> Sketcher:
-    """Train R on ``images`` [N, 1, H, W] in [0, 1]; writes ``ckpt_dir/final/{config.json,
+    """Train R on ``images`` [N, 1, H, W]; writes ``ckpt_dir/final/{config.json,
     model.safetensors}`` and returns the trained :class:`Sketcher`."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     rt = runtime or Runtime()
@@ -40,9 +45,9 @@ def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
-        loss = sketcher_loss(model, x, int(cfg["acceleration"]), float(cfg["center_fraction"]),
-                             seed, step)
+        set_lr(opt, scheduled_lr(cfg, step, n_steps))
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen)
+        loss = sketcher_loss(model, x, stage_masks(cfg), seed, step, cfg["crop"], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

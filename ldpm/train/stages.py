@@ -1,7 +1,9 @@
 """One pipeline training stage from the manifest: what ``ldpm train --stage NAME`` runs.
 
-Stages of LDPM (in DAG order): ``sketcher``; ``vae`` (MR-VAE, fine-tuned from SD's VAE when
-``pretrained.sd_path`` is set); ``denoiser`` (only without SD weights: an unconditional latent
+Stages of LDPM (in DAG order): ``sketcher``; ``vae_natural`` (only without SD weights: the VAE
+trained on natural photographs, :mod:`ldpm.data.natural`, that MR-VAE is fine-tuned from, as
+the paper fine-tunes SD's); ``vae`` (MR-VAE, fine-tuned from SD's VAE when
+``pretrained.sd_path`` is set, else from ``vae_natural``); ``denoiser`` (only without SD weights: an unconditional latent
 denoiser trained on MR-VAE latents, then frozen as the prior); ``controlnet`` (MRControlNet's
 control branch). Baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``. LoRA study
 (issue #9, :mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``, ``lora_t1``, ``lora_t2``.
@@ -23,13 +25,19 @@ from ..data.store import load_split
 from ..errors import LdpmInputError
 from ..methods_lora import LORA_STAGES  # issue #9: lora_r4 lora_r16 lora_t1 lora_t2 (ldpm.train.lora)
 
-LDPM_STAGES = ("sketcher", "vae", "denoiser", "controlnet")
+LDPM_STAGES = ("sketcher", "vae_natural", "vae", "denoiser", "controlnet")
 BASELINE_STAGES = ("unet", "varnet", "swinmr", "score_mri")
 STAGES = LDPM_STAGES + BASELINE_STAGES + LORA_STAGES
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
-    """The split's targets as [N, 1, H, W] float32, each scaled by its volume's max to ~[0, 1]."""
+    """The split's targets as [N, 1, H, W] float32, each scaled by its volume's max to ~[0, 1].
+
+    This only keeps raw fastMRI magnitudes (~1e-4) in a sane float range; every stage then
+    divides each image by ``max |x_u|`` of its simulated measurement
+    (:func:`ldpm.train.loop.make_batch`), the normalisation reconstruction applies, which
+    makes this first scale irrelevant.
+    """
     targets, rows = load_split(manifest, split)
     if len(targets) == 0:
         raise LdpmInputError(manifest, f"has no {split!r} slices",
@@ -38,8 +46,13 @@ def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(targets / scale, dtype=np.float32))[:, None]
 
 
-def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str) -> dict[str, Any]:
-    """The preset config of ``stage`` with ``overrides``; unknown override keys are refused."""
+def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
+                 masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The preset config of ``stage`` with ``overrides``; unknown override keys are refused.
+
+    ``masks``: the run config's ``masks`` block; its ``acceleration`` and ``center_fraction``
+    are the training masks of every stage (``cfg["masks"]``), as of the test shards.
+    """
     if stage in BASELINE_STAGES:
         from .baselines import DEFAULT_CONFIGS, PAPER_CONFIGS
 
@@ -56,7 +69,10 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str) -
     if unknown:
         raise LdpmInputError(f"config: train.stages.{stage}.{unknown[0]}", "unknown key",
                              f"use one of: {', '.join(sorted(base))}")
-    return {**base, **(overrides or {})}
+    from ..config import training_masks
+
+    return {**base, **(overrides or {}),
+            "masks": training_masks({"masks": masks} if masks is not None else None)}
 
 
 def load_prior(deps: Mapping[str, Path], sd_path: str | None):
@@ -83,8 +99,11 @@ def _need(deps: Mapping[str, Path], *names: str) -> None:
 
 def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: Mapping | None,
               preset: str, seed: int, deps: Mapping[str, Path],
-              pretrained: Mapping[str, str | None], device: str = "auto") -> None:
+              pretrained: Mapping[str, str | None], device: str = "auto",
+              masks: Mapping[str, Any] | None = None) -> None:
     """Train ``stage`` on the manifest's training split into ``out_dir`` (resumable).
+
+    ``masks``: the run config's ``masks`` block (training masks have the test geometry).
 
     ``device``: ``auto`` (a GPU if one is visible), ``cpu`` or ``cuda``; under torchrun each rank
     trains data-parallel on its own GPU (:mod:`ldpm.train.runtime`).
@@ -94,7 +113,7 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
     from .runtime import current_runtime
 
     rt = current_runtime(device)
-    cfg = stage_config(stage, overrides, preset)
+    cfg = stage_config(stage, overrides, preset, masks)
     images = training_images(manifest)
     sd_path = pretrained.get("sd_path") or None
     if stage in BASELINE_STAGES:
@@ -107,11 +126,20 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
         from .sketcher import train_sketcher
 
         train_sketcher(images, cfg, out_dir, seed=seed, runtime=rt)
-    elif stage == "vae":
+    elif stage in ("vae", "vae_natural"):
         from .vae import train_vae
 
-        train_vae(images, cfg, out_dir, seed=seed, sd_path=sd_path,
-                  vgg_weights=pretrained.get("vgg16_path") or None, runtime=rt)
+        init = None
+        if stage == "vae_natural":
+            from ..data.natural import natural_images
+
+            images = torch.from_numpy(natural_images(images.shape[-1]))[:, None]
+        elif not sd_path:
+            _need(deps, "vae_natural")
+            init = deps["vae_natural"]
+        train_vae(images, cfg, out_dir, seed=seed, sd_path=None if stage == "vae_natural" else sd_path,
+                  vgg_weights=pretrained.get("vgg16_path") or None, runtime=rt, init=init,
+                  stage=stage)
     elif stage == "denoiser":
         from .denoiser import train_denoiser
         from .vae import load_vae

@@ -1,7 +1,24 @@
 """Stage 2: MR-VAE, eq. 5: ``mu L1 + nu VGG + omega KL + lambda GAN`` (paper: lr 1e-5, bs 8, 50 epochs).
 
-GAN: hinge loss with a :class:`PatchDiscriminator` (its own Adam), switched on at ``disc_start``.
+Eq. 5's weights (mu=1, nu=0.2, omega=1e-6, lambda=0.65) are those of the LDM autoencoder loss
+(``LPIPSWithDiscriminator``) that SD's VAE was trained with, and mean what the paper means only
+in its normalisation, which :func:`vae_losses` implements:
+
+- reconstruction ``rec = sum_pixels(mu |x - x_hat| + nu VGG(x, x_hat)) / B``: L1 on the VAE's
+  3-channel [-1, 1] images summed over pixels and channels, the per-sample VGG distance added
+  to every pixel (as LDM adds LPIPS), averaged over the batch (LDM's learned log-variance is
+  kept at its initial 0, so its ``nll`` is ``rec``);
+- ``KL = sum_latent KL(q(z|x) || N(0, I)) / B``, weighted by ``omega``;
+- GAN: ``g = -mean D(x_hat)`` (hinge generator loss) weighted by ``lambda * w_adapt`` with the
+  adaptive weight ``w_adapt = ||grad_L rec|| / (||grad_L g|| + 1e-4)`` (clamped to [0, 1e4],
+  no gradient) at the decoder's last layer ``L``; the term is off before ``disc_start``, the
+  step at which the discriminator (a :class:`PatchDiscriminator` with its own Adam and hinge
+  loss) starts, once the reconstruction has converged.
+
 The VGG term needs local VGG16 weights; without them it is off and ``meta.json`` says so.
+Images are divided by ``max |x_u|`` of a simulated undersampling with the test geometry
+(:func:`ldpm.train.loop.make_batch`), as every LDPM input is at reconstruction. ``init``
+fine-tunes a trained VAE (SD's, or the natural-image VAE of the ``vae_natural`` stage).
 """
 
 from __future__ import annotations
@@ -16,7 +33,8 @@ from diffusers import AutoencoderKL
 from ..errors import LdpmInputError
 from ..models import PatchDiscriminator, VGGPerceptual, build_vae, from_vae_output, to_vae_input
 from ..models.vae import VGG_OFF_NOTE
-from .loop import random_batch, resolve_n_steps, train
+from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr, set_lr,
+                   stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -31,31 +49,49 @@ def latent_std(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 8) -> floa
     return float(torch.cat(means).std())
 
 
-def vae_losses(vae: AutoencoderKL, disc: PatchDiscriminator, vgg: VGGPerceptual, x: torch.Tensor,
-               gen: torch.Generator, w: Mapping[str, float], use_gan: bool
-               ) -> dict[str, torch.Tensor]:
-    """Eq. 5's terms for images ``x`` [N, 1, H, W]; ``loss`` is the weighted sum.
+def adaptive_gan_weight(rec: torch.Tensor, g_adv: torch.Tensor, last_layer: torch.Tensor
+                        ) -> torch.Tensor:
+    """LDM's ``||grad_L rec|| / (||grad_L g|| + 1e-4)``, clamped to [0, 1e4], detached."""
+    (g_rec,) = torch.autograd.grad(rec, last_layer, retain_graph=True)
+    (g_gan,) = torch.autograd.grad(g_adv, last_layer, retain_graph=True)
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
-    L1 is taken in the VAE's [-1, 1] 3-channel space (as LDM), VGG on the [0, 1] magnitudes,
-    KL summed over latent elements and averaged over the batch, GAN = hinge generator loss.
-    Also returns ``rec`` and ``inp`` (for the discriminator update).
+
+def vae_losses(vae: AutoencoderKL, disc: PatchDiscriminator | None, vgg: VGGPerceptual,
+               x: torch.Tensor, gen: torch.Generator, w: Mapping[str, float], use_gan: bool
+               ) -> dict[str, torch.Tensor]:
+    """Eq. 5's terms for images ``x`` [N, 1, H, W] in LDM's normalisation; ``loss`` is the sum.
+
+    Returns ``loss``, ``rec`` (mu L1 + nu VGG, summed per sample, mean over the batch), ``l1``
+    (mean absolute error per element, for the log), ``vgg`` (mean per-sample distance),
+    ``kl`` (summed per sample, mean), ``g_adv``, ``gan_weight`` (lambda * adaptive weight, 0
+    before ``disc_start``), and ``x_rec``/``inp`` for the discriminator update.
     """
     inp = to_vae_input(x)
     post = vae.encode(inp).latent_dist
-    rec = vae.decode(post.sample(generator=gen)).sample
-    l1 = (rec - inp).abs().mean()
-    perc = vgg(from_vae_output(rec), x) if vgg.enabled else rec.new_zeros(())
-    kl = post.kl().mean()
-    g_adv = -disc(rec).mean() if use_gan else rec.new_zeros(())
-    loss = w["mu"] * l1 + w["nu"] * perc + w["omega"] * kl + w["lambda"] * g_adv
-    return {"loss": loss, "l1": l1, "vgg": perc, "kl": kl, "g_adv": g_adv, "rec": rec, "inp": inp}
+    x_rec = vae.decode(post.sample(generator=gen)).sample
+    b = x.shape[0]
+    err = (x_rec - inp).abs()
+    vgg_b = vgg.per_sample(from_vae_output(x_rec), x) if vgg.enabled else x_rec.new_zeros(b)
+    rec = (w["mu"] * err.flatten(1).sum(1) + w["nu"] * vgg_b * err[0].numel()).sum() / b
+    kl = post.kl().sum() / b
+    if use_gan:
+        g_adv = -disc(x_rec).mean()
+        gan_weight = w["lambda"] * adaptive_gan_weight(rec, g_adv, vae.decoder.conv_out.weight)
+    else:
+        g_adv = gan_weight = x_rec.new_zeros(())
+    loss = rec + w["omega"] * kl + gan_weight * g_adv
+    return {"loss": loss, "rec": rec, "l1": err.mean(), "vgg": vgg_b.mean(), "kl": kl,
+            "g_adv": g_adv, "gan_weight": gan_weight, "x_rec": x_rec, "inp": inp}
 
 
 def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
               seed: int = 0, n_steps: int | None = None, sd_path: str | Path | None = None,
               vgg_weights: str | Path | None = None, log: bool = True,
-              stop_after: int | None = None, runtime: Runtime | None = None) -> AutoencoderKL:
-    """Train (or fine-tune SD's, with ``sd_path``) the VAE; writes ``ckpt_dir/final`` with
+              stop_after: int | None = None, runtime: Runtime | None = None,
+              init: str | Path | None = None, stage: str = STAGE) -> AutoencoderKL:
+    """Train the VAE on ``images`` [N, 1, H, W]: fine-tune SD's (``sd_path``) or the trained
+    VAE in the folder ``init``, else train a config-built one; writes ``ckpt_dir/final`` with
     ``AutoencoderKL.save_pretrained`` and returns the trained VAE."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
@@ -63,7 +99,8 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
     rt = runtime or Runtime()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae = build_vae(cfg.get("model"), sd_path).to(rt.device)
+        vae = (load_vae(init).requires_grad_(True) if init is not None and sd_path is None
+               else build_vae(cfg.get("model"), sd_path)).to(rt.device)
         disc = PatchDiscriminator(3, **(cfg.get("disc") or {})).to(rt.device)
     vgg = VGGPerceptual(vgg_weights).to(rt.device)
     images = images.to(rt.device)
@@ -71,13 +108,17 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
     betas = tuple(cfg.get("betas") or (0.5, 0.9))  # LDM's autoencoder betas
     opt_g = torch.optim.Adam(vae.parameters(), lr=float(cfg["lr"]), betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=float(cfg["disc_lr"]), betas=betas)
-    disc_start = int(cfg["disc_start"])
+    disc_start = None if cfg.get("disc_start") is None else int(cfg["disc_start"])  # None: no GAN
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), cfg["crop"], gen)
-        use_gan = step >= disc_start and w["lambda"] > 0
-        parts = vae_losses(vae, disc, vgg, x, gen, w, use_gan)
-        loss, rec, inp = parts["loss"], parts.pop("rec"), parts.pop("inp")
+        set_lr(opt_g, scheduled_lr(cfg, step, n_steps))
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen)
+        batch = make_batch(x, *stage_masks(cfg), seed, step)
+        if cfg["crop"]:
+            batch = crop_pair(batch, int(cfg["crop"]), gen, keys=("target",))
+        use_gan = disc_start is not None and step >= disc_start and w["lambda"] > 0
+        parts = vae_losses(vae, disc, vgg, batch["target"], gen, w, use_gan)
+        loss, rec, inp = parts["loss"], parts.pop("x_rec"), parts.pop("inp")
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
@@ -93,17 +134,25 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
 
     def save_final(d: Path) -> None:
         if cfg.get("fit_scaling_factor") and sd_path is None:
-            fitted["scaling_factor"] = 1.0 / latent_std(vae, images)
+            fitted["scaling_factor"] = 1.0 / latent_std(vae, normalised_images(images, cfg, seed))
             vae.register_to_config(scaling_factor=fitted["scaling_factor"])
         vae.save_pretrained(d, safe_serialization=True)
 
     meta = train(step_fn, {"vae": vae, "disc": disc}, {"opt_g": opt_g, "opt_d": opt_d}, ckpt_dir,
-                 n_steps, seed, save_final, int(cfg["ckpt_every"]), log, STAGE, cfg, notes,
+                 n_steps, seed, save_final, int(cfg["ckpt_every"]), log, stage, cfg, notes,
                  stop_after=stop_after, runtime=rt,
                  meta_extra=lambda: {"sd_path": str(sd_path) if sd_path else None,
+                                     "init": str(init) if init is not None and sd_path is None else None,
                                      "vgg_weights": str(vgg_weights) if vgg_weights else None,
                                      **fitted})
     return load_vae(ckpt_dir) if meta["steps_done"] == n_steps else vae.eval()
+
+
+def normalised_images(images: torch.Tensor, cfg: Mapping[str, Any], seed: int) -> torch.Tensor:
+    """``images / max |x_u|`` (one seeded mask per image, the stage's geometry): the intensity
+    scale every LDPM network sees; used where a stage needs all images at once."""
+    return torch.cat([make_batch(images[i:i + 64], *stage_masks(cfg), seed, i)["target"]
+                      for i in range(0, len(images), 64)])
 
 
 def load_vae(ckpt_dir: str | Path) -> AutoencoderKL:

@@ -16,7 +16,8 @@ REPORT = [
 results_dir = "results"
 methods = "zero_filled"              # config `methods`, comma-separated
 paper_values = "config/paper_values.yaml"
-with_fig3 = 1                        # 0 when no configured method trains the MR-VAE'''),
+with_fig3 = 1                        # 0 when no configured method trains the MR-VAE
+stages = ""                          # the training stages of those methods, comma-separated'''),
     (None, '''from pathlib import Path
 
 from IPython.display import Image, Markdown, display
@@ -44,6 +45,11 @@ if with_fig3:
     fig3, fig3_table = build.make_fig3(results)
     display(Image(filename=str(fig3)))
     display(Markdown(fig3_table[1].read_text()))'''),
+    (None, '''# Training curves of every stage this run trained (results/models/<stage>/log.csv)
+stage_list = [s for s in stages.split(",") if s]
+if stage_list:
+    curves = build.make_training_curves(results, stage_list)
+    display(Image(filename=str(curves)))'''),
     (None, '''# results/report.md: all of the above with the config, git commit and data hash
 report = build.write_report(results, with_fig3=bool(with_fig3))
 print(report)'''),

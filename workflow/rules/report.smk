@@ -6,7 +6,12 @@ WITH_FIG3 = "vae" in TRAIN_STAGES
 VAE_KINDS = ["untuned", "mr"]
 PAPER_VALUES = REPO / "config" / "paper_values.yaml"
 TABLES = ["table1", "table2", "table3"] + (["fig3_vae"] if WITH_FIG3 else [])
-FIGURES = ["fig2_examples"] + (["fig3_vae"] if WITH_FIG3 else [])
+# the training stages of the report's methods (their log.csv: the training-curves figure)
+REPORT_STAGES = sorted({s for m in METHODS for s in method_stages(m, WITH_SD)}
+                       | {d for m in METHODS for s in method_stages(m, WITH_SD)
+                          for d in stage_dependencies(s, WITH_SD)})
+FIGURES = (["fig2_examples"] + (["fig3_vae"] if WITH_FIG3 else [])
+           + (["training_curves"] if REPORT_STAGES else []))
 
 REPORT_OUTPUTS = [
     *expand("results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]),
@@ -39,10 +44,12 @@ rule vae_recon:
     input:
         data=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
         vae="results/models/vae/final",
+        untuned=[] if WITH_SD else "results/models/vae_natural/final",
     output:
         expand("results/vae_recon/{kind}.h5", kind=VAE_KINDS),
     params:
         sd=config["pretrained"].get("sd_path") or "",
+        untuned="" if WITH_SD else "results/models/vae_natural",
         outputs=" ".join(f"--output {k}=results/vae_recon/{k}.h5" for k in VAE_KINDS),
     log:
         "results/logs/vae_recon.log",
@@ -53,7 +60,7 @@ rule vae_recon:
         gpu=1,
     shell:
         "OMP_NUM_THREADS={threads} ldpm vae-recon --data {input.data} --vae-dir results/models/vae"
-        " --sd-path '{params.sd}' {params.outputs} > {log} 2>&1"
+        " --sd-path '{params.sd}' --untuned-dir '{params.untuned}' {params.outputs} > {log} 2>&1"
 
 
 # results/metrics/vae_<kind>/ is scored by the same `ldpm evaluate` as every method: the VAE
@@ -100,6 +107,7 @@ rule report:
         provenance="results/provenance.json",
         paper=PAPER_VALUES,
         notebook=NOTEBOOKS / "report.ipynb",
+        models=expand("results/models/{stage}/final", stage=REPORT_STAGES),
     output:
         tables=expand("results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]),
         figures=expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
@@ -108,6 +116,7 @@ rule report:
     params:
         methods=",".join(METHODS),
         fig3=int(WITH_FIG3),
+        stages=",".join(REPORT_STAGES),
     log:
         "results/logs/report.log",
     conda:
@@ -115,4 +124,4 @@ rule report:
     shell:
         "papermill --no-progress-bar --kernel python3 {input.notebook} {output.notebook}"
         " -p methods {params.methods} -p results_dir results -p paper_values {input.paper}"
-        " -p with_fig3 {params.fig3} > {log} 2>&1"
+        " -p with_fig3 {params.fig3} -p stages '{params.stages}' > {log} 2>&1"

@@ -17,6 +17,7 @@ rule train:
                                  for d in stage_dependencies(wc.stage, WITH_SD)),
         preset=config["train"]["preset"],
         pretrained=as_json(config["pretrained"]),
+        masks=as_json(config["masks"]),
         seed=config["seed"],
     log:
         "results/logs/train/{stage}.log",
@@ -34,5 +35,6 @@ rule train:
         "OMP_NUM_THREADS={threads} python -m ldpm.launch --gpus {resources.gpu} --"
         " --stage {wildcards.stage} --manifest {input.manifest}"
         " --out-dir results/models/{wildcards.stage} {params.deps} --overrides {params.overrides}"
-        " --preset {params.preset} --pretrained {params.pretrained} --seed {params.seed}"
+        " --preset {params.preset} --pretrained {params.pretrained} --masks {params.masks}"
+        " --seed {params.seed}"
         " > {log} 2>&1"
