@@ -19,7 +19,7 @@ from ldpm.models import (MRControlNet, PatchDiscriminator, Sketcher, SwinIR, bui
                          build_vae, null_text_embedding, to_vae_input)
 from ldpm.sampling import base_alphas_cumprod, respace
 from ldpm.sampling.spaced import plain_sample
-from ldpm.train.controlnet import controlnet_loss
+from ldpm.train.controlnet import condition_pool, controlnet_loss
 from ldpm.train.sketcher import sketcher_loss
 from ldpm.train.stages import stage_config
 from ldpm.train.vae import vae_losses
@@ -149,6 +149,11 @@ def test_training_masks_have_the_test_geometry_and_follow_the_config(monkeypatch
     controlnet_loss(mrcn, sketcher, vae, images, base_alphas_cumprod(), torch.Generator().manual_seed(0),
                     masks, seed=0, step=3, crop=32)
     assert len(seen) == 2
+    pool = condition_pool(sketcher, vae, images, masks, seed=0, n_masks=2, chunk=1)
+    assert len(seen) == 2 + 4 and pool["target"].shape == pool["c"].shape == (4, 4, 16, 16)
+    for shape, mask, a, c in seen[2:]:  # the precomputed conditions: the same geometry
+        assert shape[-1] == 64 and (a, c) == (acc, cf)
+    seen[:] = seen[:2]
     n_center = round(64 * cf)
     band = slice((64 - n_center + 1) // 2, (64 - n_center + 1) // 2 + n_center)  # fastMRI's ACS
     assert np.asarray(mask_for_slice("v", 0, 64, acc, cf))[band].all()

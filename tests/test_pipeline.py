@@ -15,12 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
 TINY = {
-    "embedded": {"n_subjects": 4, "slices_per_volume": 2, "contrasts": ["T1", "T2"]},
-    "data": {"crop_size": 64, "split_fractions": {"train": 0.5, "val": 0.0, "test": 0.5}},
+    # 6 subjects: each field-strength group of 3 gets a train, a val and a test subject
+    "embedded": {"n_subjects": 6, "slices_per_volume": 2, "contrasts": ["T1", "T2"]},
+    "data": {"crop_size": 64, "split_fractions": {"train": 0.34, "val": 0.33, "test": 0.33}},
     "metrics": {"kid_subset_size": 4},
     # every stage trains for real, for a few steps: this tests the wiring, not the quality
     "train": {"stages": {s: {"n_steps": 3, "ckpt_every": 2} for s in (
-        "sketcher", "vae", "denoiser", "controlnet", "unet", "varnet", "swinmr", "score_mri",
+        "sketcher", "vae_natural", "vae", "denoiser", "controlnet", "unet", "varnet", "swinmr", "score_mri",
         "lora_r4", "lora_r16", "lora_t1", "lora_t2")}},
     "inference": {"n_shards": 2, "ldpm": {"n_steps": 3}, "score_mri": {"n_steps": 3}},
     # DiffCode: every kind of stage (bank, single bank, diffusion/direct retrieval, restore with
@@ -69,6 +70,17 @@ def test_whole_dag_on_tiny_config(tmp_path):
         assert "n/a" in md and "AlexNet" in md
     prov = json.loads((res / "provenance.json").read_text())
     assert prov["data_sha256"] and prov["git_commit"]
+    assert (res / "figures" / "training_curves.png").stat().st_size > 1000
+    assert "sketcher_only" in pd.read_csv(res / "tables" / "table2.csv")["method"].tolist()
+    # tuning reads the val split through the same methods, never the test split
+    val = run_snakemake(tmp_path, "results/val/ldpm/summary.json", "results/val/zero_filled/summary.json")
+    assert val.returncode == 0, val.stdout[-3000:] + val.stderr[-3000:]
+    summary = json.loads((res / "val" / "ldpm" / "summary.json").read_text())
+    assert summary["split"] == "val" and summary["n_volumes"] >= 1
+    test_volumes = set(pd.read_csv(res / "metrics" / "ldpm" / "per_volume.csv")["volume"])
+    import h5py
+    with h5py.File(res / "val" / "ldpm" / "shard.h5") as f:
+        assert not test_volumes & {v.decode() for v in f["volume"][()]}
     # nothing left to do: a second run is a no-op
     again = run_snakemake(tmp_path, "all", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -46,21 +46,59 @@ def controlnet_loss(model: MRControlNet, sketcher: Sketcher, vae: AutoencoderKL,
     return F.mse_loss(model(z_t, t, c_latent), eps)
 
 
+@torch.no_grad()
+def condition_pool(sketcher: Sketcher, vae: AutoencoderKL, images: torch.Tensor,
+                   masks: tuple[int, float], seed: int, n_masks: int, chunk: int = 16
+                   ) -> dict[str, torch.Tensor]:
+    """``z = E(x)`` and ``c_latent = E(c)`` of every training image under each of ``n_masks``
+    seeded masks of the test geometry (whole images, divided by ``max |x_u|``; ``c`` by eq.
+    2-3), computed once: the Sketcher and the VAE are frozen, so a step that draws from this
+    pool sees exactly what :func:`controlnet_loss` would compute for those masks."""
+    zs, cs = [], []
+    n_chunks = -(-len(images) // chunk)
+    for k in range(n_masks):
+        for j, i in enumerate(range(0, len(images), chunk)):
+            b = make_batch(images[i:i + chunk], *masks, seed, k * n_chunks + j)
+            c = sketcher(b["x_u"], b["k_u"][:, None], b["mask"][:, None, None])
+            zs.append(vae_encode(vae, b["target"]))
+            cs.append(vae_encode(vae, c))
+    return {"target": torch.cat(zs), "c": torch.cat(cs)}
+
+
 def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
                        images: torch.Tensor, cfg: Mapping[str, Any], opt: torch.optim.Optimizer,
                        abar: torch.Tensor, seed: int, rt: Runtime, n_steps: int):
     """One optimisation step of the ε-loss (eq. 7) on a random batch, for the shared loop
     (also used by the LoRA stages, whose optimizer holds adapter and/or control weights).
-    Each parameter group's learning rate follows ``lr_schedule`` relative to its own base."""
+    Each parameter group's learning rate follows ``lr_schedule`` relative to its own base.
+
+    ``cfg["n_masks"]``: ``None`` draws new masks at every step (:func:`controlnet_loss`); an
+    integer K draws from :func:`condition_pool` (K masks per image), which spares the frozen
+    Sketcher and VAE at every step. ``crop`` is then taken in latent space.
+    """
     base = [g["lr"] for g in opt.param_groups]
+    masks, crop = stage_masks(cfg), cfg["crop"]
+    pool = None
+    if cfg.get("n_masks"):
+        pool = condition_pool(sketcher, vae, images, masks, seed, int(cfg["n_masks"]))
+        if crop:
+            crop = max(1, int(crop) * pool["target"].shape[-1] // images.shape[-1])
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         factor = scheduled_lr({**cfg, "lr": 1.0}, step, n_steps)
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * factor
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen)
-        loss = controlnet_loss(model, sketcher, vae, x, abar, gen, stage_masks(cfg), seed, step,
-                               cfg["crop"])
+        bs = rt.local_batch(int(cfg["batch_size"]))
+        if pool is None:
+            x = random_batch(images, bs, None, gen)
+            loss = controlnet_loss(model, sketcher, vae, x, abar, gen, masks, seed, step, crop)
+        else:
+            idx = torch.randint(len(pool["target"]), (bs,), generator=gen).to(pool["target"].device)
+            batch = {k: v[idx] for k, v in pool.items()} | {"scale": None}
+            if crop:
+                batch = crop_pair(batch, crop, gen, keys=("target", "c"))
+            z_t, t, eps = noisy_latents(batch["target"], abar, gen)
+            loss = F.mse_loss(model(z_t, t, batch["c"]), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
