@@ -91,6 +91,8 @@ STAGE_RULES = {
     "metrics": {"evaluate", "evaluate_vae", "diffcode_evaluate"},
     "report": {"report", "lora_table", "diffcode_report", "provenance", "all"},
 }
+#: tuning on the val split (docs/tuning.md): not a shared artefact, so no DVC stage owns it
+TUNING_RULES = {"val", "val_score"}
 
 
 def copy_working_tree(dest: Path) -> Path:
@@ -113,7 +115,7 @@ def test_each_dvc_stage_runs_only_its_own_and_upstream_rules(tmp_path):
     listed = {line.split()[0] for line in run([SNAKEMAKE, "--list-rules"], REPO).splitlines()
               if line.strip() and not line.startswith("host:")}
     owned = set().union(*STAGE_RULES.values())
-    assert listed <= owned, f"rules no DVC stage owns: {listed - owned}"
+    assert listed - TUNING_RULES <= owned, f"rules no DVC stage owns: {listed - owned - TUNING_RULES}"
     src = copy_working_tree(tmp_path / "tree")
     allowed: set[str] = set()
     for name, stage in stages.items():

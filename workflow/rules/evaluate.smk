@@ -28,8 +28,7 @@ rule evaluate:
 
 
 rule val_score:
-    """Score one method on the val split, the split every hyperparameter is tuned on
-    (`snakemake --profile workflow/profiles/local val`); the test split is not read."""
+    """Score one method on the val split (tuning: docs/tuning.md); the test split is not read."""
     input:
         manifest=f"{DATA}/manifest.csv",
         models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
