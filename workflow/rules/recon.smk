@@ -24,6 +24,7 @@ rule reconstruct:
     conda:
         ENV
     threads: 1
+    priority: 10
     resources:
         gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) or wc.method in MULTICOIL_METHODS else 0,
     shell:

@@ -26,6 +26,8 @@ rule train:
     # one thread per job: on a small machine two 1-thread jobs beat one 2-thread job, and torch
     # with more threads than free cores slows down many-fold (clusters: set-threads in the profile)
     threads: 1
+    # LDPM's training chain is the DAG's critical path: schedule it before the studies' jobs
+    priority: 20
     resources:
         gpu=1,
         mem_mb=16000,
