@@ -94,7 +94,7 @@ def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
             loss = controlnet_loss(model, sketcher, vae, x, abar, gen, masks, seed, step, crop)
         else:
             idx = torch.randint(len(pool["target"]), (bs,), generator=gen).to(pool["target"].device)
-            batch = {k: v[idx] for k, v in pool.items()} | {"scale": None}
+            batch = {k: v[idx] for k, v in pool.items()}
             if crop:
                 batch = crop_pair(batch, crop, gen, keys=("target", "c"))
             z_t, t, eps = noisy_latents(batch["target"], abar, gen)

@@ -95,7 +95,8 @@ def crop_pair(batch: Mapping[str, torch.Tensor], crop: int, generator: torch.Gen
 
     Image-domain models are undersampled on the whole image and cropped afterwards, so that
     the aliasing they learn to remove has the test images' scale (cropping first would alias
-    at the crop's width). ``k_u``/``mask`` no longer match the crop and are dropped.
+    at the crop's width). ``k_u``/``mask`` no longer match the crop and are dropped;
+    ``scale`` (per sample) is kept where the batch has one.
     """
     keys = list(keys)
     b, _, h, w = batch[keys[0]].shape
@@ -106,7 +107,8 @@ def crop_pair(batch: Mapping[str, torch.Tensor], crop: int, generator: torch.Gen
     def pick(t: torch.Tensor) -> torch.Tensor:
         return torch.stack([t[i, :, a:a + ch, c:c + cw] for i, (a, c) in enumerate(zip(tops, lefts))])
 
-    return {**{k: pick(batch[k]) for k in keys}, "scale": batch["scale"]}
+    return {**{k: pick(batch[k]) for k in keys},
+            **({"scale": batch["scale"]} if "scale" in batch else {})}
 
 
 def stage_masks(cfg: Mapping[str, Any]) -> tuple[int, float]:
