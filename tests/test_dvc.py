@@ -27,7 +27,7 @@ LOCAL = ["--profile", "workflow/profiles/local"]
 #: tiny config (merged into the clone's config/config.yaml): one trained method, 2 steps
 TINY = TINY_TWO_METHODS
 TABLE_EXTS = (".md", ".csv", ".tex")
-NOT_SHARED = {"logs", ".gitignore"}  # under results/: what DVC deliberately does not track
+NOT_SHARED = {"logs", "benchmarks", ".gitignore"}  # under results/: what DVC does not track (clocked or per-machine)
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> str:
@@ -206,7 +206,7 @@ def test_second_run_with_the_same_seed_gives_identical_checkpoints_and_tables(or
     # provenance.json) except files that carry a clock: wall-clock seconds in meta.json (and
     # the resume state), PDF creation dates, the notebook's execution times, sampling seconds
     differ = {str(p.relative_to(origin)) for p in sorted((origin / "results").rglob("*"))
-              if p.is_file() and "logs" not in p.parts
+              if p.is_file() and not {"logs", "benchmarks"} & set(p.parts)
               and (second / p.relative_to(origin)).read_bytes() != p.read_bytes()}
     clocked = {d for d in differ if d.endswith((".pdf", ".ipynb", "/meta.json", "/last.pt", ".timing.json"))}
     assert differ == clocked, sorted(differ - clocked)

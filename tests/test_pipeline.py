@@ -98,3 +98,23 @@ def test_slurm_profile_dry_runs():
     proc = subprocess.run([SNAKEMAKE, "--profile", "slurm", "-n", "all"], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_installed_snakemake_never_runs_more_jobs_than_cores(tmp_path):
+    """The local profile gives the DAG 2 cores and every torch job 1 thread. Snakemake 9.10 to
+    at least 9.27 start more 1-thread jobs than cores once an upstream job finishes, which on a
+    laptop triples the critical path; pyproject.toml pins a version that does not."""
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: expand("out/{i}", i=range(6))\n'
+        'rule up:\n    output: "up"\n    shell: "sleep 0.5; touch {output}"\n'
+        'rule down:\n    input: "up"\n    output: "out/{i}"\n    threads: 1\n'
+        '    shell: "echo + >> events; sleep 1.5; echo - >> events; touch {output}"\n')
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run([SNAKEMAKE, "--cores", "2", "--quiet", "all"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    running = peak = 0
+    for event in (tmp_path / "events").read_text().split():
+        running += 1 if event == "+" else -1
+        peak = max(peak, running)
+    assert peak == 2, f"{peak} one-thread jobs ran at once on 2 cores"

@@ -38,6 +38,8 @@ rule preprocess:
         drop=config["data"]["drop_last_slices"],
     log:
         "results/logs/preprocess/{volume}.log",
+    benchmark:
+        "results/benchmarks/preprocess/{volume}.tsv"
     conda:
         ENV
     resources:

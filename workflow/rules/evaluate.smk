@@ -17,6 +17,8 @@ rule evaluate:
         kid=config["metrics"]["kid_subset_size"],
     log:
         "results/logs/evaluate/{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{method}.tsv"
     conda:
         ENV
     threads: 1

@@ -21,6 +21,8 @@ rule reconstruct:
                                        if wc.method in MULTICOIL_METHODS else {})}),
     log:
         "results/logs/reconstruct/{method}_{shard}.log",
+    benchmark:
+        "results/benchmarks/reconstruct/{method}_{shard}.tsv"
     conda:
         ENV
     threads: 1

@@ -21,6 +21,8 @@ rule train:
         seed=config["seed"],
     log:
         "results/logs/train/{stage}.log",
+    benchmark:
+        "results/benchmarks/train/{stage}.tsv"
     conda:
         ENV
     # one thread per job: on a small machine two 1-thread jobs beat one 2-thread job, and torch
