@@ -280,6 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the fix of each file-system error that a path the user chose causes
+_PATH_FIXES: dict[type, str] = {
+    PermissionError: "give this user access to that path and its folder (chmod/chown), or "
+                     "choose another output folder",
+    NotADirectoryError: "a part of that path is a file where a folder is needed: move the file "
+                        "away, or choose another output folder",
+    IsADirectoryError: "a folder is where a file is to be written: move the folder away, or "
+                       "choose another output path",
+    FileExistsError: "a file is where a folder is to be made: move the file away, or choose "
+                     "another output folder",
+}
+
+
+def path_error(e: OSError) -> LdpmInputError | None:
+    """The :class:`LdpmInputError` of a permission or file-versus-folder error on a path (None
+    for other OS errors)."""
+    fix = next((f for cls, f in _PATH_FIXES.items() if isinstance(e, cls)), None)
+    if fix is None:
+        return None
+    where = e.filename if e.filename is not None else "a path"
+    problem = (e.strerror or str(e)).rstrip(".").lower()
+    if e.filename2 is not None:
+        problem += f" (to {e.filename2})"
+    return LdpmInputError(where, problem, fix)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -288,6 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except LdpmInputError as e:
         print(f"ldpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        err = path_error(e)
+        if err is None:
+            raise
+        if args.verbose:
+            log.exception("file-system error")
+        print(f"ldpm {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

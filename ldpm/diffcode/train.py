@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import LdpmInputError
-from ..train.loop import freeze, read_final, train
+from ..models.pretrained import loading_checkpoint
+from ..train.loop import final_fix, freeze, read_final, train
 from ..train.runtime import resolve_device
 from .config import stage_dependencies, stage_kind
 from .data import read_task_pairs, split_pairs
@@ -152,10 +153,13 @@ def load_stage(folder: str | Path, device: torch.device | str = "cpu",
     if expect is not None and cfg.get("stage") != expect:
         raise LdpmInputError(final, f"holds stage {cfg.get('stage')!r}, not {expect!r}",
                              f"pass the diffcode_{expect} training folder")
-    modules = build_modules(cfg)
-    state = load_file(final / "model.safetensors")
-    for name, m in modules.items():
-        m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")})
+    with loading_checkpoint(final, final_fix(final)):
+        modules = build_modules(cfg)
+        state = load_file(final / "model.safetensors")
+        for name, m in modules.items():
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items()
+                               if k.startswith(f"{name}.")})
+    for m in modules.values():
         freeze(m.to(device))
     return cfg, modules
 

@@ -42,7 +42,8 @@ from ..models.unet import UnetRecon
 from ..models.varnet import VarNet
 from ..mri import ifft2c, measurement_scale
 from ..sampling.score_pc import score_pc_sample
-from .loop import (crop_pair, make_batch, random_batch, read_final,  # noqa: F401
+from ..models.pretrained import loading_checkpoint
+from .loop import (crop_pair, final_fix, make_batch, random_batch, read_final,  # noqa: F401
                    resolve_n_steps, stage_masks, sync_gradients, train)
 from .runtime import Runtime
 
@@ -265,12 +266,14 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
 def load_baseline(ckpt: str | Path, expect: str | None = None) -> tuple[nn.Module, str, dict]:
     """``(model, name, cfg)`` from a training folder (or its ``final/``); eval mode, frozen."""
     final, meta = read_final(ckpt, "baseline", "run ldpm.train.baselines.train_baseline first")
-    name, cfg = meta["name"], meta["config"]
+    with loading_checkpoint(final / "config.json", final_fix(final)):
+        name, cfg = str(meta["name"]), dict(meta["config"])
     if expect is not None and name != expect:
         raise LdpmInputError(final, f"holds a {name!r} model, not {expect!r}",
                              f"pass the {expect} training folder")
-    model = build_model(name, cfg)
-    model.load_state_dict(load_file(final / "model.safetensors"), strict=True)
+    with loading_checkpoint(final, final_fix(final)):
+        model = build_model(name, cfg)
+        model.load_state_dict(load_file(final / "model.safetensors"), strict=True)
     return model.eval().requires_grad_(False), name, cfg
 
 

@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import LdpmInputError
 from ..models import MRControlNet, Sketcher, load_controlnet_model, save_controlnet, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
+from ..models.pretrained import load_safetensors_file, loading_checkpoint
 from ..sampling import base_alphas_cumprod
 from .denoiser import noisy_latents
-from .loop import (crop_pair, freeze, make_batch, random_batch, resolve_n_steps, scheduled_lr,
-                   stage_masks, train)
+from .loop import (check_final, crop_pair, final_fix, freeze, make_batch, random_batch,
+                   resolve_n_steps, scheduled_lr, stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -142,6 +143,8 @@ def load_controlnet(ckpt_dir: str | Path, denoiser: UNet2DConditionModel) -> MRC
     final = Path(ckpt_dir) / "final"
     if not (final / NULL_EMBEDDING_FILE).is_file():
         raise LdpmInputError(final, "no trained controlnet here", "run the controlnet training stage")
-    cn = load_controlnet_model(final)
-    model = MRControlNet(denoiser, cn, load_file(final / NULL_EMBEDDING_FILE)["null"])
+    fix = final_fix(check_final(final))
+    with loading_checkpoint(final, fix):
+        cn = load_controlnet_model(final)
+        model = MRControlNet(denoiser, cn, load_safetensors_file(final / NULL_EMBEDDING_FILE, fix)["null"])
     return model.eval().requires_grad_(False)

@@ -12,13 +12,14 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import LdpmInputError
 from ..models import NullContextEps, build_denoiser, null_text_embedding, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
+from ..models.pretrained import load_safetensors_file, loading_checkpoint
 from ..sampling import base_alphas_cumprod
-from .loop import random_batch, resolve_n_steps, scheduled_lr, set_lr, train
+from .loop import check_final, final_fix, random_batch, resolve_n_steps, scheduled_lr, set_lr, train
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 from .vae import normalised_images
@@ -98,7 +99,9 @@ def load_denoiser(ckpt_dir: str | Path) -> tuple[UNet2DConditionModel, torch.Ten
     final = Path(ckpt_dir) / "final"
     if not (final / "config.json").is_file():
         raise LdpmInputError(final, "no trained denoiser here", "run the denoiser training stage")
-    unet = UNet2DConditionModel.from_pretrained(final, local_files_only=True,
-                                          low_cpu_mem_usage=False)
-    null = load_file(final / NULL_EMBEDDING_FILE)["null"]
+    fix = final_fix(check_final(final))
+    with loading_checkpoint(final, fix):
+        unet = UNet2DConditionModel.from_pretrained(final, local_files_only=True,
+                                                    low_cpu_mem_usage=False)
+        null = load_safetensors_file(final / NULL_EMBEDDING_FILE, fix)["null"]
     return unet.eval().requires_grad_(False), null

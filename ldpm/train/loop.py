@@ -7,10 +7,16 @@ the same weights, bit for bit on CPU, as an uninterrupted n-step run.
 
 Layout of ``ckpt_dir``::
 
-    last.pt     modules + optimizers + step + log rows (torch.save), written atomically
+    last.pt     modules + optimizers + step + log rows (torch.save of tensors, dicts, lists,
+                numbers and strings only, read back with ``weights_only=True``), written atomically
     log.csv     step,loss,... one row per step
     meta.json   stage, config, seed, steps, notes (e.g. "VGG term off: ...")
     final/      what the next stage loads (written by the stage's ``save_final``, atomically)
+
+Every file is written to a temporary sibling first (``.last.pt.XXXXXXXX.tmp``, ``.final.XXXXXXXX``,
+``.final.old``); a run that starts or resumes removes those a crash left behind. A logged scalar
+that is not finite (NaN/inf) stops the run with an error, before the step is checkpointed, so
+``last.pt`` keeps the last finite state and no ``final/`` is written.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -32,7 +40,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import LdpmInputError
-from ..io import atomic_path, write_text_atomic
+from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
+from ..models.pretrained import (check_checkpoint_folder, error_reason, loading_checkpoint,
+                                 read_json_file)
 from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
 from .runtime import Runtime
 
@@ -172,15 +182,32 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def final_fix(final: str | Path) -> str:
+    """The fix for an unreadable file in a trained stage's ``final/``."""
+    return (f"delete {final} and run that training stage again (it rewrites final/ from an "
+            "intact last.pt, or retrains)")
+
+
+def check_final(final: str | Path) -> Path:
+    """``final`` after checking its JSON and safetensors files (:class:`LdpmInputError` naming
+    the first unreadable one)."""
+    final = Path(final)
+    check_checkpoint_folder(final, final_fix(final))
+    return final
+
+
 def read_final(folder: str | Path, what: str, fix: str) -> tuple[Path, dict]:
     """``(final, config)`` of a trained stage: its ``final/`` (``folder`` itself or
-    ``folder/final``, holding ``model.safetensors`` + ``config.json``) and that config."""
+    ``folder/final``, holding ``model.safetensors`` + ``config.json``) and that config.
+
+    A truncated or junk file there is refused by name (:func:`check_final`)."""
     folder = Path(folder)
     final = folder if (folder / "model.safetensors").is_file() else folder / "final"
     if not (final / "model.safetensors").is_file() or not (final / "config.json").is_file():
         raise LdpmInputError(folder, f"no trained {what} here (final/model.safetensors + "
                              "config.json)", fix)
-    return final, json.loads((final / "config.json").read_text())
+    check_final(final)
+    return final, read_json_file(final / "config.json", final_fix(final))
 
 
 def _write_dir_atomic(final: Path, writer: Callable[[Path], None]) -> None:
@@ -189,6 +216,7 @@ def _write_dir_atomic(final: Path, writer: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         writer(tmp)
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp's 0700 -> what mkdir would have made
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -199,6 +227,63 @@ def _write_dir_atomic(final: Path, writer: Callable[[Path], None]) -> None:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: the temporary siblings :func:`train` writes in a checkpoint folder (see :mod:`ldpm.io`)
+_TEMP_FILES = ("last.pt", "log.csv", "meta.json")
+_TEMP_DIR = re.compile(r"\.final\.(old|[A-Za-z0-9_]{8})")
+
+
+def remove_stale_checkpoint_temps(ckpt_dir: Path) -> list[Path]:
+    """Remove the temporary files and folders a crashed run left in ``ckpt_dir``; returns them."""
+    removed = remove_stale_temps(ckpt_dir, _TEMP_FILES)
+    for p in sorted(ckpt_dir.iterdir()):
+        if _TEMP_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed
+
+
+def _load_last(last: Path) -> dict[str, Any]:
+    """The checkpoint dict in ``last`` (``weights_only``); one error naming it if unreadable."""
+    fix = f"delete {last} to train the stage from step 0 (or restore an intact copy)"
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the file is refused anyway
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated, junk or foreign pickles alike
+        raise LdpmInputError(last, f"is not a readable training checkpoint ({error_reason(e)})",
+                             fix) from e
+    keys = ("stage", "seed", "step", "rows", "modules", "optimizers")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise LdpmInputError(last, f"is not a training checkpoint of ldpm (needs keys "
+                             f"{', '.join(keys)})", fix)
+    return ckpt
+
+
+def _check_finite(out: Mapping[str, float], stage: str, step: int, last: Path) -> None:
+    """Stop training when a logged scalar (the loss or one of its terms) is NaN or infinite."""
+    bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+    if bad:
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        kept = f"; {last} keeps the last finite state" if last.is_file() else ""
+        raise LdpmInputError(f"training stage {stage!r}", f"the loss is not finite at step {step} "
+                             f"({terms}){kept}", "lower the learning rate (lr) or check the "
+                             "training data for NaN/inf values, then delete the checkpoint "
+                             "folder and train again")
+
+
+def _check_finite_weights(modules: Mapping[str, nn.Module], stage: str, step: int) -> None:
+    """Refuse to checkpoint weights that became NaN/inf (a finite loss with exploding gradients)."""
+    for name, m in modules.items():
+        params = [p.detach() for p in m.parameters() if p.is_floating_point()]
+        if params and not bool(torch.stack([p.isfinite().all() for p in params]).all()):
+            raise LdpmInputError(f"training stage {stage!r}", f"the weights of {name!r} are not "
+                                 f"finite after step {step}", "lower the learning rate (lr) or "
+                                 "check the training data for NaN/inf values, then delete the "
+                                 "checkpoint folder and train again")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -256,9 +341,11 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last, final = ckpt_dir / "last.pt", ckpt_dir / "final"
+    if rt.is_main:
+        remove_stale_checkpoint_temps(ckpt_dir)
     start, rows, seconds = 0, [], 0.0
     if last.is_file():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = _load_last(last)
         if ckpt.get("seed") != seed or ckpt.get("stage") != stage:
             raise LdpmInputError(last, f"was written for stage {ckpt.get('stage')!r} seed "
                                  f"{ckpt.get('seed')}, not {stage!r} seed {seed}",
@@ -266,11 +353,13 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
         if "config" in ckpt and _resumable(ckpt["config"]) != _resumable(config):
             raise LdpmInputError(last, "was written with another stage config (other than its "
                                  "length)", "delete the checkpoint folder to train from scratch")
-        for name, m in modules.items():
-            m.load_state_dict(ckpt["modules"][name])
-        for name, o in optimizers.items():
-            o.load_state_dict(ckpt["optimizers"][name])
-        start, rows, seconds = int(ckpt["step"]), list(ckpt["rows"]), float(ckpt.get("seconds", 0.0))
+        with loading_checkpoint(last, f"delete {last} to train the stage from step 0"):
+            for name, m in modules.items():
+                m.load_state_dict(ckpt["modules"][name])
+            for name, o in optimizers.items():
+                o.load_state_dict(ckpt["optimizers"][name])
+            start, rows = int(ckpt["step"]), list(ckpt["rows"])
+            seconds = float(ckpt.get("seconds", 0.0))
         if start > n_steps:
             raise LdpmInputError(last, f"holds {start} steps, more than the {n_steps} asked",
                                  "ask for at least as many steps, or delete the checkpoint folder")
@@ -278,6 +367,7 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
     rt.broadcast_parameters(modules.values())
 
     def checkpoint(step: int) -> None:
+        _check_finite_weights(modules, stage, step - 1)  # on every rank: all stop alike
         if not rt.is_main:
             return
         _save_torch_atomic({
@@ -300,7 +390,8 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
         t0, base = time.perf_counter(), seconds
         for step in bar:
             out = {k: float(v) for k, v in step_fn(step, rt.generator(seed, step)).items()}
-            out = rt.mean_scalars(out)
+            out = rt.mean_scalars(out)  # the same on every rank, so all ranks stop alike
+            _check_finite(out, stage, step, last)
             rows.append({"step": step, **out})
             if log and "loss" in out:
                 bar.set_postfix(loss=f"{out['loss']:.4g}")

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import LdpmInputError
 from ..models import Sketcher, SwinIR
-from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr, set_lr,
-                   stage_masks, train)
+from ..models.pretrained import load_safetensors_file, loading_checkpoint, read_json_file
+from .loop import (check_final, crop_pair, final_fix, make_batch, random_batch, resolve_n_steps,
+                   scheduled_lr, set_lr, stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -68,6 +69,10 @@ def load_sketcher(ckpt_dir: str | Path) -> Sketcher:
     final = Path(ckpt_dir) / "final"
     if not (final / "model.safetensors").is_file():
         raise LdpmInputError(final, "no trained sketcher here", "run the sketcher training stage")
-    repair = SwinIR(json.loads((final / "config.json").read_text()))
-    repair.load_state_dict(load_file(final / "model.safetensors"), strict=True)
+    fix = final_fix(check_final(final))
+    config = read_json_file(final / "config.json", fix)
+    state = load_safetensors_file(final / "model.safetensors", fix)
+    with loading_checkpoint(final, fix):
+        repair = SwinIR(config)
+        repair.load_state_dict(state, strict=True)
     return Sketcher(repair).eval().requires_grad_(False)

@@ -32,9 +32,10 @@ from diffusers import AutoencoderKL
 
 from ..errors import LdpmInputError
 from ..models import PatchDiscriminator, VGGPerceptual, build_vae, from_vae_output, to_vae_input
+from ..models.pretrained import loading_checkpoint
 from ..models.vae import VGG_OFF_NOTE
-from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr, set_lr,
-                   stage_masks, train)
+from .loop import (check_final, crop_pair, final_fix, make_batch, random_batch, resolve_n_steps,
+                   scheduled_lr, set_lr, stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -160,6 +161,6 @@ def load_vae(ckpt_dir: str | Path) -> AutoencoderKL:
     final = Path(ckpt_dir) / "final"
     if not (final / "config.json").is_file():
         raise LdpmInputError(final, "no trained VAE here", "run the vae training stage")
-    vae = AutoencoderKL.from_pretrained(final, local_files_only=True,
-                                          low_cpu_mem_usage=False)
+    with loading_checkpoint(final, final_fix(check_final(final))):
+        vae = AutoencoderKL.from_pretrained(final, local_files_only=True, low_cpu_mem_usage=False)
     return vae.eval().requires_grad_(False)
