@@ -73,3 +73,44 @@ def remove_stale_temps(folder: str | os.PathLike, names) -> list[Path]:
             p.unlink()
             removed.append(p)
     return removed
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+@contextlib.contextmanager
+def open_hdf5(path: str | os.PathLike, what: str = "HDF5 file",
+              missing_fix: str = "run the step that writes it first",
+              unreadable_fix: str = "rebuild it (or re-download it): it is truncated or not HDF5"
+              ) -> Iterator["h5py.File"]:  # noqa: F821
+    """Open ``path`` read-only with h5py.
+
+    A missing file, or one that h5py cannot open or read (truncated, not HDF5), raises
+    :class:`ldpm.errors.LdpmInputError` naming it; an OSError while the body reads the open
+    file is turned into the same error.
+    """
+    import h5py
+
+    from .errors import LdpmInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LdpmInputError(path, f"{what} not found", missing_fix)
+
+    def refused(e: OSError) -> LdpmInputError:
+        if isinstance(e, PermissionError):
+            return LdpmInputError(path, f"{what} cannot be read (permission denied)",
+                                  "give this user read access to it (chmod/chown)")
+        return LdpmInputError(path, f"{what} is not a readable HDF5 file ({_one_line(e)})",
+                              unreadable_fix)
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise refused(e) from e
+    try:
+        with f:
+            yield f
+    except OSError as e:
+        raise refused(e) from e

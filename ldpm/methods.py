@@ -130,11 +130,10 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
     if base not in METHODS:
         raise LdpmInputError(f"method {method!r}", "unknown method",
                              f"use one of: {', '.join(sorted(METHODS))}")
-    with h5py.File(shard_path, "r") as f:
-        target = f["target"][()]
-        mask = f["mask"][()]
-        volume = f["volume"][()]
-        slices = f["slice"][()]
+    from .data.store import read_test_shard
+
+    shard = read_test_shard(shard_path)
+    target, mask, volume, slices = (shard[k] for k in ("target", "mask", "volume", "slice"))
     options = dict(options or {}, **({"n_steps": steps} if steps else {}))
     options["slice_seeds"] = seeds_for(volume, slices, int(options.get("seed", 0)))
     if base in MULTICOIL_METHODS:  # which raw slice each row is

@@ -10,12 +10,12 @@ from .fastmri import VolumeSlices, list_volumes, read_volume, rss_target
 from .embedded import (EmbeddedVolume, build_subject, embedded_subjects, embedded_volume_names,
                        embedded_volumes, subject_of, subject_volume_names)
 from .store import (build_manifest, load_split, preprocess_volume, read_manifest,
-                    read_shard, split_subjects, write_test_shard)
+                    read_shard, read_test_shard, split_subjects, write_test_shard)
 
 __all__ = [
     "VolumeSlices", "read_volume", "list_volumes", "rss_target",
     "EmbeddedVolume", "embedded_volumes", "build_subject", "embedded_subjects",
     "embedded_volume_names", "subject_of", "subject_volume_names",
     "preprocess_volume", "build_manifest", "read_manifest", "split_subjects", "load_split",
-    "write_test_shard", "read_shard",
+    "write_test_shard", "read_shard", "read_test_shard",
 ]

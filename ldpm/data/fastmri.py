@@ -17,11 +17,16 @@ import h5py
 import numpy as np
 
 from ..errors import LdpmInputError
+from ..io import open_hdf5
 from ..mri import center_crop, ifft2c, rss
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 #: Scanners report e.g. 1.494 or 2.89362 T; values below this are 1.5 T, above 3 T.
 FIELD_STRENGTH_SPLIT_T = 2.2
+#: The reported field strengths accepted: the 1.5 T bucket takes [1.0, 2.2), the 3 T bucket
+#: [2.2, 3.5]; anything else (0, negative, NaN, 7 T) is not a scanner of either bucket.
+FIELD_STRENGTH_RANGE_T = (1.0, 3.5)
+_UNREADABLE_FIX = "re-download the file; it is truncated or not HDF5"
 KNEE_CONTRASTS = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS"}
 
 
@@ -40,9 +45,20 @@ def rss_target(kspace_slice: np.ndarray, crop_size: int) -> np.ndarray:
     return np.ascontiguousarray(center_crop(image, (crop_size, crop_size)), dtype=np.float32)
 
 
-def round_field_strength(tesla: float) -> float:
-    """Nominal field strength: 1.5 below 2.2 T, else 3.0."""
-    return 1.5 if tesla < FIELD_STRENGTH_SPLIT_T else 3.0
+def check_field_strength(tesla: float, where: str) -> float:
+    """``tesla`` itself if it lies in :data:`FIELD_STRENGTH_RANGE_T`, else LdpmInputError."""
+    low, high = FIELD_STRENGTH_RANGE_T
+    if not (np.isfinite(tesla) and low <= tesla <= high):
+        raise LdpmInputError(where, f"systemFieldStrength_T is {tesla} T, outside the {low}-{high} T "
+                             "of the 1.5 T and 3 T buckets the split is stratified by",
+                             "correct the field strength in its ismrmrd_header or remove "
+                             "this volume (only 1.5 T and 3 T scans are supported)")
+    return float(tesla)
+
+
+def round_field_strength(tesla: float, where: str = "field strength") -> float:
+    """Nominal field strength: 1.5 below 2.2 T, else 3.0 (out of range: LdpmInputError)."""
+    return 1.5 if check_field_strength(tesla, where) < FIELD_STRENGTH_SPLIT_T else 3.0
 
 
 def _text(value: Any) -> str:
@@ -67,10 +83,11 @@ def parse_field_strength(header_xml: str, where: str) -> float:
     if node is None or not (node.text or "").strip():
         raise LdpmInputError(where, "ismrmrd_header has no systemFieldStrength_T", fix)
     try:
-        return float(node.text)
+        tesla = float(node.text)
     except ValueError as e:
         raise LdpmInputError(where, f"systemFieldStrength_T {node.text!r} is not a number",
                              fix) from e
+    return check_field_strength(tesla, where)
 
 
 def anatomy_and_contrast(acquisition: str | None, path: Path) -> tuple[str, str]:
@@ -112,7 +129,13 @@ def _check_kspace(ks: Any, path: Path, crop_size: int, drop_last_slices: int) ->
     if ks.dtype.kind != "c":
         raise LdpmInputError(path, f"kspace has dtype {ks.dtype}, expected complex",
                              fix_release)
-    n_slices, _, height, width = ks.shape
+    n_slices, n_coils, height, width = ks.shape
+    if n_coils < 1:
+        raise LdpmInputError(path, f"kspace has shape {ks.shape}: 0 coils",
+                             "use a complete multicoil file (at least one coil)")
+    if height < 1 or width < 1:
+        raise LdpmInputError(path, f"kspace has shape {ks.shape}: an empty image",
+                             fix_release)
     if n_slices < drop_last_slices + 1:
         raise LdpmInputError(path, f"kspace has {n_slices} slices; at least "
                              f"{drop_last_slices + 1} are needed (the last {drop_last_slices} "
@@ -129,15 +152,9 @@ def read_volume(path: str | Path, crop_size: int = 320, drop_last_slices: int = 
     :class:`LdpmInputError` naming the file, the problem and the fix.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LdpmInputError(path, "file not found",
-                             "check data.fastmri_root and that the file was fully downloaded")
-    try:
-        with h5py.File(path, "r") as f:
-            return _read_open_file(f, path, crop_size, drop_last_slices)
-    except OSError as e:
-        raise LdpmInputError(path, f"is not a readable HDF5 file ({e})",
-                             "re-download the file; it is truncated or not HDF5") from e
+    with open_hdf5(path, "file", "check data.fastmri_root and that the file was fully "
+                   "downloaded", _UNREADABLE_FIX) as f:
+        return _read_open_file(f, path, crop_size, drop_last_slices)
 
 
 def read_kspace_slices(path: str | Path, slices: list[int]) -> np.ndarray:
@@ -148,26 +165,21 @@ def read_kspace_slices(path: str | Path, slices: list[int]) -> np.ndarray:
     """
     path = Path(path)
     fix = "keep the raw files the slice stores were made from where preprocessing read them"
-    if not path.is_file():
-        raise LdpmInputError(path, "raw multicoil file not found", fix)
-    try:
-        with h5py.File(path, "r") as f:
-            if "kspace" not in f:
-                raise LdpmInputError(path, "has no 'kspace' dataset",
-                                     "use a fastMRI multicoil file (raw k-space)")
-            ks = f["kspace"]
-            _check_kspace(ks, path, crop_size=0, drop_last_slices=0)
-            out = np.empty((len(slices), *ks.shape[1:]), dtype=np.complex64)
-            for i, s in enumerate(slices):
-                if not 0 <= s < ks.shape[0]:
-                    raise LdpmInputError(path, f"has no slice {s} (it has {ks.shape[0]})",
-                                         "rebuild the slice stores from these raw files")
-                out[i] = ks[s]
-    except OSError as e:
-        raise LdpmInputError(path, f"is not a readable HDF5 file ({e})",
-                             "re-download the file; it is truncated or not HDF5") from e
-    if not np.isfinite(out).all():
-        raise LdpmInputError(path, "kspace contains NaN or inf", "re-download the file; it is corrupt")
+    with open_hdf5(path, "raw multicoil file", fix, _UNREADABLE_FIX) as f:
+        if "kspace" not in f:
+            raise LdpmInputError(path, "has no 'kspace' dataset",
+                                 "use a fastMRI multicoil file (raw k-space)")
+        ks = f["kspace"]
+        _check_kspace(ks, path, crop_size=0, drop_last_slices=0)
+        out = np.empty((len(slices), *ks.shape[1:]), dtype=np.complex64)
+        for i, s in enumerate(slices):
+            if not 0 <= s < ks.shape[0]:
+                raise LdpmInputError(path, f"has no slice {s} (it has {ks.shape[0]})",
+                                     "rebuild the slice stores from these raw files")
+            out[i] = ks[s]
+            if not np.isfinite(out[i]).all():
+                raise LdpmInputError(path, f"kspace slice {s} contains NaN or inf",
+                                     "re-download the file; it is corrupt")
     return out
 
 
@@ -193,13 +205,31 @@ def _read_open_file(f: h5py.File, path: Path, crop_size: int,
         if not np.isfinite(k).all():
             raise LdpmInputError(path, f"kspace slice {s} contains NaN or inf",
                                  "re-download the file; it is corrupt")
-        targets[s] = rss_target(k, crop_size)
+        with np.errstate(over="ignore", invalid="ignore"):
+            targets[s] = rss_target(k, crop_size)
+        if not np.isfinite(targets[s]).all():
+            raise LdpmInputError(path, f"the RSS target of slice {s} is not finite (its k-space "
+                                 "overflows float32)", "re-download the file; it is corrupt")
+    _check_targets_not_empty(targets, path)
     meta = {
         "volume": path.stem, "source_file": str(path), "anatomy": anatomy,
         "contrast": contrast, "field_strength": round_field_strength(field_t),
         "subject": subject or path.stem, "acquisition": acquisition,
     }
     return VolumeSlices(targets, np.arange(n_keep, dtype=np.int64), meta)
+
+
+def _check_targets_not_empty(targets: np.ndarray, path: Path) -> None:
+    """Refuse a volume whose kept slices are all zero, or any kept slice that is all zero:
+    training divides each slice by its volume's max and by its measurement's max."""
+    if not targets.size or not targets.max() > 0:
+        raise LdpmInputError(path, f"the RSS targets of all {len(targets)} kept slices are zero "
+                             "(volume max 0)", "remove this volume: it holds no signal")
+    empty = np.flatnonzero(targets.reshape(len(targets), -1).max(axis=1) <= 0)
+    if len(empty):
+        raise LdpmInputError(path, f"the RSS target of slice {int(empty[0])} is all zero "
+                             f"({len(empty)} such slice(s) of {len(targets)})",
+                             "remove this volume: a slice without signal cannot be normalised")
 
 
 def list_volumes(root: str | Path) -> list[Path]:

@@ -4,7 +4,11 @@ Formats (all HDF5 written atomically, see :mod:`ldpm.io`):
 
 * slice store (one per volume): ``target`` [N, H, W] float32, ``slice_index`` [N] int64;
   attrs volume, source_file, anatomy, contrast, field_strength, subject, volume_max.
-* manifest CSV: one row per slice with columns :data:`MANIFEST_COLUMNS`.
+  ``source_file`` is the raw file as preprocessing was given it: an absolute path stays
+  absolute, a relative one is written relative to the store's own folder.
+* manifest CSV: one row per slice with columns :data:`MANIFEST_COLUMNS`; ``store`` is
+  relative to the manifest's own folder, so stores and manifest can be moved together.
+  :func:`read_manifest` returns it resolved (usable from the working directory).
 * test shard: ``target`` [N, H, W] float32, ``mask`` [N, W] float32, ``volume`` (utf-8
   strings), ``slice`` [N] int64, plus ``subject``, ``contrast``, ``field_strength``,
   ``volume_max`` per slice; attrs acceleration, center_fraction, mask_seed, shard, n_shards,
@@ -13,6 +17,7 @@ Formats (all HDF5 written atomically, see :mod:`ldpm.io`):
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LdpmInputError
-from ..io import atomic_path
+from ..io import atomic_path, open_hdf5
 from ..mri import mask_for_slice
 from .fastmri import read_volume
 
@@ -31,31 +36,58 @@ MANIFEST_COLUMNS = ["volume", "slice", "subject", "anatomy", "contrast", "field_
 SPLITS = ("train", "val", "test")
 _STORE_ATTRS = ("volume", "source_file", "anatomy", "contrast", "field_strength", "subject")
 _STR = h5py.string_dtype("utf-8")
+_REBUILD_STORE = "rebuild it with the preprocess step (ldpm preprocess)"
+_REBUILD_SHARD = "rebuild it with the test-shard step (ldpm test-shard)"
+
+
+def _relative_to(path: str | Path, folder: str | Path) -> str:
+    """``path`` relative to ``folder`` (both taken from the working directory)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+
+
+def _source_attr(source: str | Path, store: str | Path) -> str:
+    """The raw file as written in a store: absolute as given, else relative to the store."""
+    return str(source) if Path(source).is_absolute() else _relative_to(source, Path(store).parent)
 
 
 def preprocess_volume(h5_path: str | Path, out_path: str | Path, crop_size: int,
                       drop_last_slices: int) -> Path:
     """Read a fastMRI-format file and write its slice store; nothing is written on bad input."""
     vol = read_volume(h5_path, crop_size=crop_size, drop_last_slices=drop_last_slices)
+    meta = {**vol.meta, "source_file": _source_attr(vol.meta["source_file"], out_path)}
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("target", data=vol.targets)
         f.create_dataset("slice_index", data=vol.slice_index.astype(np.int64))
         for key in _STORE_ATTRS:
-            f.attrs[key] = vol.meta[key]
+            f.attrs[key] = meta[key]
         f.attrs["volume_max"] = float(vol.targets.max())
     return Path(out_path)
 
 
-def _store_rows(store: Path) -> list[dict[str, Any]]:
-    if not store.is_file():
-        raise LdpmInputError(store, "slice store not found", "run the preprocess step first")
-    with h5py.File(store, "r") as f:
+def _positive(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
+def _store_rows(store: Path, manifest_dir: Path) -> list[dict[str, Any]]:
+    with open_hdf5(store, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+        missing = [k for k in (*_STORE_ATTRS, "volume_max") if k not in f.attrs]
+        if missing or "slice_index" not in f:
+            raise LdpmInputError(store, f"is not a slice store (no {missing or 'slice_index'})",
+                                 _REBUILD_STORE)
         attrs = {k: f.attrs[k] for k in (*_STORE_ATTRS, "volume_max")}
         slices = f["slice_index"][()]
+    for key in ("volume_max", "field_strength"):
+        if not _positive(attrs[key]):
+            raise LdpmInputError(store, f"{key} is {attrs[key]}, not a positive number",
+                                 _REBUILD_STORE)
+    stored = _relative_to(store, manifest_dir)
     return [{"volume": str(attrs["volume"]), "slice": int(s), "subject": str(attrs["subject"]),
              "anatomy": str(attrs["anatomy"]), "contrast": str(attrs["contrast"]),
              "field_strength": float(attrs["field_strength"]),
-             "volume_max": float(attrs["volume_max"]), "store": str(store)} for s in slices]
+             "volume_max": float(attrs["volume_max"]), "store": stored} for s in slices]
 
 
 def _round_half_up(x: float) -> int:
@@ -96,9 +128,10 @@ def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
                    split_fractions: Mapping[str, float], seed: int) -> pd.DataFrame:
     """One row per slice of every store, split by subject (seeded, stratified by field strength).
 
-    Rows are sorted by (volume, slice), so the same stores and seed give the same CSV.
+    Rows are sorted by (volume, slice), so the same stores and seed give the same CSV. The
+    ``store`` column is relative to the folder of ``out_csv``.
     """
-    rows = [row for p in store_paths for row in _store_rows(Path(p))]
+    rows = [row for p in store_paths for row in _store_rows(Path(p), Path(out_csv).parent)]
     if not rows:
         raise LdpmInputError(out_csv, "no slices to put in the manifest",
                              "check that the slice stores were built and are not empty")
@@ -118,14 +151,44 @@ def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
 
 
 def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
+    """The manifest's rows, checked, with ``store`` resolved against the manifest's folder.
+
+    A missing or unreadable file, missing columns, empty or non-numeric cells, a volume_max
+    that is not positive, or an unknown split raise :class:`LdpmInputError` naming the file.
+    """
     path = Path(manifest_csv)
+    fix = "rebuild it with the manifest step (ldpm manifest)"
     if not path.is_file():
         raise LdpmInputError(path, "manifest not found", "run the manifest step first")
-    df = pd.read_csv(path, dtype={"volume": str, "subject": str, "store": str, "split": str})
+    try:
+        df = pd.read_csv(path, dtype={"volume": str, "subject": str, "anatomy": str,
+                                      "contrast": str, "store": str, "split": str})
+    except pd.errors.EmptyDataError as e:
+        raise LdpmInputError(path, "manifest is an empty file", fix) from e
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
+        problem = " ".join(str(e).split())
+        raise LdpmInputError(path, f"is not a readable manifest CSV ({problem})", fix) from e
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
-        raise LdpmInputError(path, f"manifest lacks columns {sorted(missing)}",
-                             "rebuild it with build_manifest")
+        raise LdpmInputError(path, f"manifest lacks columns {sorted(missing)}", fix)
+    for col in ("volume", "subject", "store", "split"):
+        if df[col].isna().any():
+            row = int(np.flatnonzero(df[col].isna())[0])
+            raise LdpmInputError(path, f"line {row + 2} has no {col}", fix)
+    for col in ("slice", "field_strength", "volume_max"):
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = (values != np.round(values)) | (values < 0) if col == "slice" else ~(values > 0)
+        bad |= ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            kind = "slice index" if col == "slice" else "positive number"
+            raise LdpmInputError(path, f"line {row + 2} (volume {df['volume'].iloc[row]}) has "
+                                 f"{col} {str(df[col].iloc[row])!r}, not a {kind}", fix)
+        df[col] = values.astype(np.int64) if col == "slice" else values
+    unknown = sorted(set(df["split"]) - set(SPLITS))
+    if unknown:
+        raise LdpmInputError(path, f"unknown split(s) {unknown}", f"{fix}; splits are {SPLITS}")
+    df["store"] = [s if Path(s).is_absolute() else str(path.parent / s) for s in df["store"]]
     return df
 
 
@@ -136,15 +199,12 @@ def _select_split(df: pd.DataFrame, split: str, where: str | Path) -> pd.DataFra
 
 
 def _resolve_store(store: str, manifest_csv: str | Path) -> Path:
-    """A store path as written, else relative to the manifest's folder."""
+    """A store path from :func:`read_manifest` (already resolved), checked to exist."""
     path = Path(store)
-    if not path.is_file() and not path.is_absolute():
-        alt = Path(manifest_csv).parent / path
-        if alt.is_file():
-            return alt
     if not path.is_file():
-        raise LdpmInputError(store, "slice store listed in the manifest is missing",
-                             f"rebuild the stores and {manifest_csv}")
+        raise LdpmInputError(store, f"slice store listed in {manifest_csv} is missing",
+                             f"rebuild the stores and {manifest_csv} (the manifest lists "
+                             "stores relative to its own folder: move them together)")
     return path
 
 
@@ -156,16 +216,31 @@ def raw_sources(manifest_csv: str | Path, volumes: Sequence[str] | None = None) 
         df = df[df["volume"].isin(set(volumes))]
     out: dict[str, Path] = {}
     for volume, store in df[["volume", "store"]].itertuples(index=False):
-        with h5py.File(_resolve_store(str(store), manifest_csv), "r") as f:
-            out[str(volume)] = Path(str(f.attrs["source_file"]))
+        path = _resolve_store(str(store), manifest_csv)
+        with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+            if "source_file" not in f.attrs:
+                raise LdpmInputError(path, "slice store has no source_file attr", _REBUILD_STORE)
+            source = Path(str(f.attrs["source_file"]))
+        out[str(volume)] = source if source.is_absolute() else path.parent / source
     return out
 
 
 def _load_store(path: Path) -> tuple[np.ndarray, dict[int, int]]:
     """(targets [N, H, W], slice index -> row) of one store."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+        if "target" not in f or "slice_index" not in f:
+            raise LdpmInputError(path, "is not a slice store (no 'target' or 'slice_index')",
+                                 _REBUILD_STORE)
         targets = f["target"][()]
-        rows = {int(s): i for i, s in enumerate(f["slice_index"][()])}
+        slices = f["slice_index"][()]
+    if targets.ndim != 3 or slices.shape != (len(targets),):
+        raise LdpmInputError(path, f"target {targets.shape} and slice_index {slices.shape} "
+                             "do not match", _REBUILD_STORE)
+    finite = np.isfinite(targets).all(axis=(1, 2))
+    if not finite.all():
+        raise LdpmInputError(path, f"target of slice {int(slices[~finite][0])} contains NaN "
+                             "or inf", _REBUILD_STORE)
+    rows = {int(s): i for i, s in enumerate(slices)}
     return targets, rows
 
 
@@ -173,14 +248,25 @@ def _gather_targets(rows: pd.DataFrame, manifest_csv: str | Path,
                     shape: tuple[int, int]) -> np.ndarray:
     out = np.empty((len(rows), *shape), dtype=np.float32)
     for store, group in rows.groupby("store", sort=False):
-        targets, index = _load_store(_resolve_store(str(store), manifest_csv))
+        path = _resolve_store(str(store), manifest_csv)
+        targets, index = _load_store(path)
+        if targets.shape[1:] != tuple(shape):
+            raise LdpmInputError(path, f"slices are {targets.shape[1:]}, the manifest's first "
+                                 f"store's are {tuple(shape)}", "preprocess every volume with "
+                                 "the same data.crop_size")
         for pos, s in zip(np.flatnonzero(rows["store"].to_numpy() == store), group["slice"]):
+            if int(s) not in index:
+                raise LdpmInputError(path, f"has no slice {int(s)} listed in {manifest_csv}",
+                                     f"rebuild the stores and {manifest_csv}")
             out[pos] = targets[index[int(s)]]
     return out
 
 
 def _image_shape(df: pd.DataFrame, manifest_csv: str | Path) -> tuple[int, int]:
-    with h5py.File(_resolve_store(str(df["store"].iloc[0]), manifest_csv), "r") as f:
+    path = _resolve_store(str(df["store"].iloc[0]), manifest_csv)
+    with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+        if "target" not in f or f["target"].ndim != 3:
+            raise LdpmInputError(path, "is not a slice store (no 3-D 'target')", _REBUILD_STORE)
         return tuple(f["target"].shape[1:])  # type: ignore[return-value]
 
 
@@ -231,16 +317,66 @@ def write_test_shard(manifest_csv: str | Path, shard: int, n_shards: int, out_pa
     return Path(out_path)
 
 
-def read_shard(path: str | Path) -> dict[str, Any]:
+def read_shard(path: str | Path, what: str = "test shard") -> dict[str, Any]:
     """A shard as a flat dict: datasets as arrays (``volume``, ``subject``, ``contrast`` as
     ``list[str]``) and the attrs (acceleration, center_fraction, mask_seed, ...)."""
     path = Path(path)
-    if not path.is_file():
-        raise LdpmInputError(path, "test shard not found", "run the shard step first")
     out: dict[str, Any] = {}
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, what, "run the step that writes it first", _REBUILD_SHARD) as f:
         for key, ds in f.items():
+            if not isinstance(ds, h5py.Dataset):
+                continue
             out[key] = list(ds.asstr()[()]) if ds.dtype.kind == "O" else ds[()]
         for key, value in f.attrs.items():
             out[key] = value.item() if isinstance(value, np.generic) else value
     return out
+
+
+def _key_name(volume: Any, s: Any) -> str:
+    volume = volume.decode() if isinstance(volume, bytes) else str(volume)
+    return f"volume {volume} slice {int(s)}"
+
+
+def check_test_shard(path: str | Path, target: np.ndarray, mask: np.ndarray,
+                     volume: Sequence[Any], slices: np.ndarray) -> None:
+    """Refuse a test shard whose arrays a method cannot reconstruct: target not [N, H, W],
+    mask not [N, W] (W the target's, i.e. the k-space's, width), keys of another length, or
+    a non-finite target or mask slice; the error names the file and the slice."""
+    if target.ndim != 3:
+        raise LdpmInputError(path, f"target has shape {target.shape}, expected [N, H, W]",
+                             _REBUILD_SHARD)
+    n, _, width = target.shape
+    if mask.ndim != 2 or len(mask) != n:
+        raise LdpmInputError(path, f"mask has shape {mask.shape}, expected [{n}, {width}] "
+                             "(one row per target slice)", _REBUILD_SHARD)
+    if mask.shape[1] != width:
+        raise LdpmInputError(path, f"mask width {mask.shape[1]} differs from the k-space width "
+                             f"{width} (target {target.shape})", _REBUILD_SHARD)
+    if len(volume) != n or np.shape(slices) != (n,):
+        raise LdpmInputError(path, f"volume ({len(volume)}) and slice {np.shape(slices)} keys "
+                             f"do not match the {n} target slices", _REBUILD_SHARD)
+    for name, values in (("target", target), ("mask", mask)):
+        finite = np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise LdpmInputError(path, f"{name} of row {i} ({_key_name(volume[i], slices[i])}) "
+                                 "contains NaN or inf", _REBUILD_SHARD)
+
+
+def read_test_shard(path: str | Path) -> dict[str, np.ndarray]:
+    """``target``, ``mask``, ``volume`` (as stored) and ``slice`` of a test shard, checked
+    with :func:`check_test_shard`; a missing dataset or unreadable file names the file."""
+    path = Path(path)
+    with open_hdf5(path, "test shard", "run the test-shard step first", _REBUILD_SHARD) as f:
+        missing = [k for k in ("target", "mask", "volume", "slice")
+                   if not isinstance(f.get(k), h5py.Dataset)]
+        if missing:
+            raise LdpmInputError(path, f"test shard has no {', '.join(map(repr, missing))} "
+                                 "dataset", _REBUILD_SHARD)
+        data = {k: f[k][()] for k in ("target", "mask", "volume", "slice")}
+    for key in ("target", "mask"):
+        if data[key].dtype.kind not in "fiu":
+            raise LdpmInputError(path, f"{key} has dtype {data[key].dtype}, expected float",
+                                 _REBUILD_SHARD)
+    check_test_shard(path, data["target"], data["mask"], data["volume"], data["slice"])
+    return data

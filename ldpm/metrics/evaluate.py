@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ldpm.errors import LdpmInputError
-from ldpm.io import atomic_path, write_text_atomic
+from ldpm.io import atomic_path, open_hdf5, write_text_atomic
 from ldpm.metrics.image import nmse, psnr, ssim
 from ldpm.metrics.perceptual import lpips_score, rfid_kid
 
@@ -54,33 +54,52 @@ def _strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _read(path: Path, image_key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(images, volume names, slice indices) from one shard file."""
-    if not path.is_file():
-        raise LdpmInputError(str(path), "file does not exist", "run the step that produces it first")
-    with h5py.File(path, "r") as f:
-        missing = [k for k in (image_key, "volume", "slice") if k not in f]
+def _read(path: Path, image_key: str, fix: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(images, volume names, slice indices) from one shard file; ``fix`` for a bad file."""
+    what = "reconstruction" if image_key == "recon" else "test shard"
+    with open_hdf5(path, what, "run the step that produces it first", fix) as f:
+        missing = [k for k in (image_key, "volume", "slice") if not isinstance(f.get(k), h5py.Dataset)]
         if missing:
             raise LdpmInputError(str(path), f"missing dataset(s) {missing}",
                                  f"write {image_key!r}, 'volume' and 'slice' into the file")
         images, volumes, slices = f[image_key][()], _strings(f["volume"][()]), np.asarray(f["slice"][()])
-    if images.ndim != 3 or len(volumes) != len(images) or slices.shape != (len(images),):
-        raise LdpmInputError(str(path), f"inconsistent shapes: {image_key} {images.shape}, "
-                             f"volume {len(volumes)}, slice {slices.shape}",
-                             f"{image_key} must be [N,H,W] with one volume/slice entry per image")
+    if (images.ndim != 3 or images.dtype.kind not in "fiu" or len(volumes) != len(images)
+            or slices.shape != (len(images),)):
+        raise LdpmInputError(str(path), f"inconsistent shapes: {image_key} {images.shape} "
+                             f"{images.dtype}, volume {len(volumes)}, slice {slices.shape}",
+                             f"{image_key} must be real [N,H,W] with one volume/slice entry per image")
     return images, volumes, slices
 
 
-def _load_pairs(recon_paths: Sequence[Path], data_paths: Sequence[Path]) -> dict[str, list]:
-    """volume -> [(slice, target, recon), ...] over all shard pairs, with keys checked."""
+def _check_finite(images: np.ndarray, volumes: list[str], slices: np.ndarray, path: Path,
+                  problem: str, fix: str) -> None:
+    """Refuse the first image of ``images`` holding NaN or inf, naming its volume and slice."""
+    bad = np.flatnonzero(~np.isfinite(images).all(axis=(1, 2)))
+    if len(bad):
+        i = int(bad[0])
+        raise LdpmInputError(str(path), f"{problem} of volume {volumes[i]} slice {int(slices[i])} "
+                             f"contains NaN or inf ({len(bad)} of {len(images)} slices do)", fix)
+
+
+def _load_pairs(recon_paths: Sequence[Path], data_paths: Sequence[Path],
+                method: str = "the method") -> dict[str, list]:
+    """volume -> [(slice, target, recon), ...] over all shard pairs, with keys checked and
+    every target and reconstruction checked to be finite."""
     if len(recon_paths) != len(data_paths):
         raise LdpmInputError("evaluate_method", f"{len(recon_paths)} recon shards for {len(data_paths)} data shards",
                              "pass one reconstruction file per test shard, in the same order")
     by_volume: dict[str, list] = defaultdict(list)
     seen: dict[tuple[str, int], Path] = {}
+    recon_fix = (f"method {method} produced this file; rerun its reconstruct job "
+                 "(the file is truncated or not HDF5)")
     for rp, dp in zip(recon_paths, data_paths):
-        target, t_vol, t_sl = _read(dp, "target")
-        recon, r_vol, r_sl = _read(rp, "recon")
+        target, t_vol, t_sl = _read(dp, "target", "rebuild it with the test-shard step")
+        recon, r_vol, r_sl = _read(rp, "recon", recon_fix)
+        _check_finite(target, t_vol, t_sl, dp, "the ground truth",
+                      "rebuild the test shard from the slice stores (ldpm test-shard)")
+        _check_finite(recon, r_vol, r_sl, rp, f"method {method}'s reconstruction",
+                      f"the method {method} produced non-finite values; rerun it and inspect "
+                      "its reconstruct job's log (results/logs/reconstruct/{method}_*.log)")
         where = f"{rp} vs {dp}"
         if recon.shape != target.shape:
             raise LdpmInputError(where, f"recon shape {recon.shape} != target shape {target.shape}",
@@ -98,13 +117,9 @@ def _load_pairs(recon_paths: Sequence[Path], data_paths: Sequence[Path]) -> dict
 
 
 def _volume_meta(manifest_csv: Path, volumes: list[str]) -> dict[str, dict]:
-    if not manifest_csv.is_file():
-        raise LdpmInputError(str(manifest_csv), "manifest does not exist", "build the data manifest first")
-    df = pd.read_csv(manifest_csv, dtype={"volume": str, "subject": str})
-    missing_cols = [c for c in ("volume",) + VOLUME_META if c not in df.columns]
-    if missing_cols:
-        raise LdpmInputError(str(manifest_csv), f"missing columns {missing_cols}",
-                             f"the manifest needs columns {list(MANIFEST_COLUMNS)}")
+    from ldpm.data.store import read_manifest
+
+    df = read_manifest(manifest_csv)
     first = df.drop_duplicates("volume").set_index("volume")
     absent = [v for v in volumes if v not in first.index]
     if absent:
@@ -139,7 +154,7 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
     """
     recon_paths, data_paths = [Path(p) for p in shard_recon_paths], [Path(p) for p in shard_data_paths]
     manifest_csv, out_dir = Path(manifest_csv), Path(out_dir)
-    by_volume = _load_pairs(recon_paths, data_paths)
+    by_volume = _load_pairs(recon_paths, data_paths, method)
     if not by_volume:
         raise LdpmInputError(", ".join(map(str, data_paths)) or "evaluate_method", "no test slices",
                              "pass non-empty test shards")

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from ..errors import LdpmInputError
-from ..io import atomic_path
+from ..io import atomic_path, open_hdf5
 
 VAE_KINDS = ("mr", "untuned")
 
@@ -54,9 +54,16 @@ def load_vae_kind(kind: str, vae_dir: Path, sd_path: str | None, untuned_dir: Pa
 
 
 def _read_test_shards(paths: Sequence[Path]) -> dict[str, np.ndarray | list]:
-    from ..data.store import read_shard
+    from ..data.store import check_test_shard, read_shard
 
     parts = [read_shard(p) for p in paths]
+    for path, part in zip(paths, parts):
+        missing = [k for k in ("target", "mask", "volume", "slice") if k not in part]
+        if missing:
+            raise LdpmInputError(path, f"test shard has no {missing} dataset(s)",
+                                 "rebuild it with the test-shard step (ldpm test-shard)")
+        check_test_shard(path, np.asarray(part["target"]), np.asarray(part["mask"]),
+                         part["volume"], np.asarray(part["slice"]))
     parts = [p for p in parts if len(p["target"])]
     if not parts:
         raise LdpmInputError(", ".join(map(str, paths)) or "vae-recon", "no test slices",
@@ -134,7 +141,12 @@ def vae_recon_test_set(shard_paths: Sequence[str | Path], vae_dir: str | Path, s
 
 def read_vae_recon(path: str | Path) -> tuple[str, dict, dict]:
     """``(label, {(volume, slice): target}, {(volume, slice): recon})`` of one VAE file."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, "VAE reconstruction", "run the vae-recon step first",
+                   "rerun the vae-recon step (the file is truncated or not HDF5)") as f:
+        missing = [k for k in ("volume", "slice", "target", "recon") if k not in f]
+        if missing:
+            raise LdpmInputError(path, f"VAE reconstruction has no {missing} dataset(s)",
+                                 "rerun the vae-recon step")
         vols = [v.decode() if isinstance(v, bytes) else str(v) for v in f["volume"][()]]
         keys = list(zip(vols, (int(s) for s in f["slice"][()])))
         label = str(f.attrs.get("label", Path(path).stem))
