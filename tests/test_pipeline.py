@@ -46,9 +46,13 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None) -> subp
 
 @pytest.mark.slow
 def test_whole_dag_on_tiny_config(tmp_path):
-    proc = run_snakemake(tmp_path, "all")
+    # a working directory whose path holds a space, quotes and a command substitution: every
+    # job's shell command must pass it (and the paths under it) on untouched and unexecuted
+    workdir = tmp_path / "run dir 'q' \"dq\" $(touch PWNED)"
+    workdir.mkdir()
+    proc = run_snakemake(workdir, "all")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    res = tmp_path / "results"
+    res = workdir / "results"
     for ext in ("csv", "md", "tex"):
         assert (res / "tables" / f"table1.{ext}").is_file()
     assert (res / "figures" / "fig2_examples.png").stat().st_size > 1000
@@ -73,7 +77,7 @@ def test_whole_dag_on_tiny_config(tmp_path):
     assert (res / "figures" / "training_curves.png").stat().st_size > 1000
     assert "sketcher_only" in pd.read_csv(res / "tables" / "table2.csv")["method"].tolist()
     # tuning reads the val split through the same methods, never the test split
-    val = run_snakemake(tmp_path, "results/val/ldpm/summary.json", "results/val/zero_filled/summary.json")
+    val = run_snakemake(workdir, "results/val/ldpm/summary.json", "results/val/zero_filled/summary.json")
     assert val.returncode == 0, val.stdout[-3000:] + val.stderr[-3000:]
     summary = json.loads((res / "val" / "ldpm" / "summary.json").read_text())
     assert summary["split"] == "val" and summary["n_volumes"] >= 1
@@ -82,8 +86,9 @@ def test_whole_dag_on_tiny_config(tmp_path):
     with h5py.File(res / "val" / "ldpm" / "shard.h5") as f:
         assert not test_volumes & {v.decode() for v in f["volume"][()]}
     # nothing left to do: a second run is a no-op
-    again = run_snakemake(tmp_path, "all", "-n")
+    again = run_snakemake(workdir, "all", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    assert [*tmp_path.rglob("PWNED"), *REPO.rglob("PWNED")] == []
 
 
 def test_bad_config_key_stops_the_dag_with_one_clear_message(tmp_path):

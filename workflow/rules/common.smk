@@ -1,5 +1,10 @@
-# Shared definitions: validated config, the volume list, output paths.
+# Shared definitions: validated config, the volume list, output paths, shell quoting.
+#
+# Shell commands quote every value they interpolate: `{x:q}` (Snakemake's shlex.quote, applied to
+# each element of a list), or, for params built below by quoted/as_json/named_args, which are
+# shell words already, plain `{params.x}`. Paths and config strings may hold spaces, quotes or $(...).
 import json
+import shlex
 
 from ldpm.config import validate_config
 from ldpm.methods import MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
@@ -39,9 +44,19 @@ RAW = _volumes()
 VOLUMES = sorted(RAW)
 
 
+def quoted(value) -> str:
+    """str(value) as one shell word; an empty value becomes '' (Snakemake's {x:q} drops it)."""
+    return shlex.quote(str(value))
+
+
 def as_json(value) -> str:
-    """A config block as a shell-quoted JSON argument."""
-    return f"'{json.dumps(value, sort_keys=True)}'"
+    """A config block as one shell-quoted JSON argument."""
+    return quoted(json.dumps(value, sort_keys=True))
+
+
+def named_args(flag, pairs) -> str:
+    """`flag NAME=PATH` for each (name, path) pair, each NAME=PATH one shell-quoted word."""
+    return " ".join(f"{flag} {quoted(f'{name}={path}')}" for name, path in pairs)
 
 
 def multicoil_inputs(method):

@@ -21,9 +21,9 @@ if config["data"]["source"] == "embedded":
             mem_mb=2000,
             runtime=10,
         shell:
-            "ldpm embedded --subject {params.index} --out-dir {output} --embedded {params.embedded}"
-            " --crop-size {params.crop} --drop-last-slices {params.drop} --seed {params.seed}"
-            " > {log} 2>&1"
+            "ldpm embedded --subject {params.index:q} --out-dir {output:q} --embedded {params.embedded}"
+            " --crop-size {params.crop:q} --drop-last-slices {params.drop:q} --seed {params.seed:q}"
+            " > {log:q} 2>&1"
 
 
 rule preprocess:
@@ -46,8 +46,8 @@ rule preprocess:
         mem_mb=4000,
         runtime=10,
     shell:
-        "ldpm preprocess --input {params.h5} --output {output}"
-        " --crop-size {params.crop} --drop-last-slices {params.drop} > {log} 2>&1"
+        "ldpm preprocess --input {params.h5:q} --output {output:q}"
+        " --crop-size {params.crop:q} --drop-last-slices {params.drop:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -64,8 +64,8 @@ rule manifest:
     conda:
         ENV
     shell:
-        "ldpm manifest --stores {input} --output {output} --split-fractions {params.fractions}"
-        " --seed {params.seed} > {log} 2>&1"
+        "ldpm manifest --stores {input:q} --output {output:q} --split-fractions {params.fractions}"
+        " --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule test_shard:
@@ -84,6 +84,6 @@ rule test_shard:
     conda:
         ENV
     shell:
-        "ldpm test-shard --manifest {input} --shard {wildcards.shard} --n-shards {params.n}"
-        " --output {output} --acceleration {params.acc} --center-fraction {params.cf}"
-        " --mask-seed {params.seed} > {log} 2>&1"
+        "ldpm test-shard --manifest {input:q} --shard {wildcards.shard:q} --n-shards {params.n:q}"
+        " --output {output:q} --acceleration {params.acc:q} --center-fraction {params.cf:q}"
+        " --mask-seed {params.seed:q} > {log:q} 2>&1"

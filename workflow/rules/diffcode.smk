@@ -32,7 +32,7 @@ if DIFFCODE_ON:
             stage="|".join(DC_STAGES),
         params:
             cfg=lambda wc: as_json(dcc.stage_config(config, wc.stage)),
-            deps=lambda wc: " ".join(f"--dep {d}={DC_MODEL.format(d)}" for d in dcc.stage_dependencies(wc.stage)),
+            deps=lambda wc: named_args("--dep", ((d, DC_MODEL.format(d)) for d in dcc.stage_dependencies(wc.stage))),
             seed=config["seed"],
         log:
             "results/logs/diffcode/train_{stage}.log",
@@ -46,9 +46,9 @@ if DIFFCODE_ON:
             mem_mb=8000,
             runtime=720,
         shell:
-            "OMP_NUM_THREADS={threads} ldpm diffcode-train --stage {wildcards.stage}"
-            " --manifest {input.manifest} --out-dir results/models/diffcode_{wildcards.stage}"
-            " --config {params.cfg} {params.deps} --seed {params.seed} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads:q} ldpm diffcode-train --stage {wildcards.stage:q}"
+            " --manifest {input.manifest:q} --out-dir results/models/diffcode_{wildcards.stage:q}"
+            " --config {params.cfg} {params.deps} --seed {params.seed:q} > {log:q} 2>&1"
 
     rule diffcode_evaluate:
         """One method (or the LQ input) on every task's test set: per-task PSNR/SSIM/RMSE."""
@@ -62,16 +62,16 @@ if DIFFCODE_ON:
             method="|".join(DC_METHODS),
         params:
             cfg=lambda wc: as_json(dcc.evaluation_config(config, wc.method)),
-            models=lambda wc: " ".join(f"--model {s}={DC_MODEL.format(s)}" for s in dcc.method_stages(wc.method)),
+            models=lambda wc: named_args("--model", ((s, DC_MODEL.format(s)) for s in dcc.method_stages(wc.method))),
         log:
             "results/logs/diffcode/evaluate_{method}.log",
         conda:
             ENV
         threads: 1
         shell:
-            "OMP_NUM_THREADS={threads} ldpm diffcode-evaluate --method {wildcards.method}"
-            " --shards {input.shards} {params.models} --config {params.cfg}"
-            " --output {output.summary} --per-volume {output.per_volume} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads:q} ldpm diffcode-evaluate --method {wildcards.method:q}"
+            " --shards {input.shards:q} {params.models} --config {params.cfg}"
+            " --output {output.summary:q} --per-volume {output.per_volume:q} > {log:q} 2>&1"
 
     rule diffcode_report:
         """DiffCode Tables 1 and 2 (paper values beside ours) via papermill."""
@@ -94,7 +94,7 @@ if DIFFCODE_ON:
             ENV
         threads: 1
         shell:
-            "OMP_NUM_THREADS={threads} papermill --no-progress-bar --kernel python3 {input.notebook}"
-            " {output.notebook} -p results_dir results -p methods {params.methods}"
-            " -p tasks {params.tasks} -p sr_scale {params.sr} -p acceleration {params.acc}"
-            " -p denoise_sigma {params.sigma} -p paper_values {input.paper} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads:q} papermill --no-progress-bar --kernel python3 {input.notebook:q}"
+            " {output.notebook:q} -p results_dir results -p methods {params.methods:q}"
+            " -p tasks {params.tasks:q} -p sr_scale {params.sr:q} -p acceleration {params.acc:q}"
+            " -p denoise_sigma {params.sigma:q} -p paper_values {input.paper:q} > {log:q} 2>&1"

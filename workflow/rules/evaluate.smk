@@ -12,8 +12,8 @@ rule evaluate:
         per_volume="results/metrics/{method}/per_volume.csv",
         per_slice="results/metrics/{method}/per_slice.csv",
     params:
-        lpips=config["metrics"].get("lpips_backbone") or "",
-        inception=config["metrics"].get("inception_weights") or "",
+        lpips=quoted(config["metrics"].get("lpips_backbone") or ""),
+        inception=quoted(config["metrics"].get("inception_weights") or ""),
         kid=config["metrics"]["kid_subset_size"],
     log:
         "results/logs/evaluate/{method}.log",
@@ -23,10 +23,10 @@ rule evaluate:
         ENV
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} ldpm evaluate --method {wildcards.method} --recon {input.recon} --data {input.data}"
-        " --manifest {input.manifest} --out-dir results/metrics/{wildcards.method}"
-        " --lpips-backbone '{params.lpips}' --inception-weights '{params.inception}'"
-        " --kid-subset-size {params.kid} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} ldpm evaluate --method {wildcards.method:q} --recon {input.recon:q}"
+        " --data {input.data:q} --manifest {input.manifest:q} --out-dir results/metrics/{wildcards.method:q}"
+        " --lpips-backbone {params.lpips} --inception-weights {params.inception}"
+        " --kid-subset-size {params.kid:q} > {log:q} 2>&1"
 
 
 rule val_score:
@@ -39,8 +39,8 @@ rule val_score:
     wildcard_constraints:
         method="|".join(m for m in RECON_METHODS if m not in MULTICOIL_METHODS),
     params:
-        checkpoints=lambda wc: " ".join(f"--checkpoint {s}=results/models/{s}"
-                                        for s in method_stages(wc.method, WITH_SD)),
+        checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
+                                                           for s in method_stages(wc.method, WITH_SD))),
         options=lambda wc: as_json({**method_options(wc.method, config["inference"]),
                                     "sd_path": config["pretrained"].get("sd_path")}),
         masks=as_json(config["masks"]),
@@ -52,9 +52,9 @@ rule val_score:
     resources:
         gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) else 0,
     shell:
-        "OMP_NUM_THREADS={threads} ldpm val-score --method {wildcards.method} --manifest {input.manifest}"
+        "OMP_NUM_THREADS={threads:q} ldpm val-score --method {wildcards.method:q} --manifest {input.manifest:q}"
         " {params.checkpoints} --options {params.options} --masks {params.masks}"
-        " --out-dir results/val/{wildcards.method} > {log} 2>&1"
+        " --out-dir results/val/{wildcards.method:q} > {log:q} 2>&1"
 
 
 VAL_OUTPUTS = expand("results/val/{method}/summary.json",

@@ -38,6 +38,6 @@ if LORA_ENABLED:
             ENV
         threads: 1
         shell:
-            "OMP_NUM_THREADS={threads} papermill --no-progress-bar --kernel python3 {input.notebook}"
-            " {output.notebook} -p results_dir results -p methods {params.methods}"
-            " -p n_steps {params.n_steps} -p mix_weights {params.weights} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads:q} papermill --no-progress-bar --kernel python3 {input.notebook:q}"
+            " {output.notebook:q} -p results_dir results -p methods {params.methods:q}"
+            " -p n_steps {params.n_steps:q} -p mix_weights {params.weights:q} > {log:q} 2>&1"

@@ -13,8 +13,8 @@ rule reconstruct:
     wildcard_constraints:
         method="|".join(RECON_METHODS),
     params:
-        checkpoints=lambda wc: " ".join(f"--checkpoint {s}=results/models/{s}"
-                                        for s in method_stages(wc.method, WITH_SD)),
+        checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
+                                                           for s in method_stages(wc.method, WITH_SD))),
         options=lambda wc: as_json({**method_options(wc.method, config["inference"]),
                                     "sd_path": config["pretrained"].get("sd_path"),
                                     **({"manifest": f"{DATA}/manifest.csv"}
@@ -30,5 +30,5 @@ rule reconstruct:
     resources:
         gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) or wc.method in MULTICOIL_METHODS else 0,
     shell:
-        "OMP_NUM_THREADS={threads} ldpm reconstruct --method {wildcards.method} --shard-data {input.data}"
-        " {params.checkpoints} --options {params.options} --output {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} ldpm reconstruct --method {wildcards.method:q} --shard-data {input.data:q}"
+        " {params.checkpoints} --options {params.options} --output {output:q} > {log:q} 2>&1"

@@ -36,7 +36,7 @@ rule provenance:
     conda:
         ENV
     shell:
-        "ldpm provenance --output {output} --config {params.cfg} --hash {input} > {log} 2>&1"
+        "ldpm provenance --output {output:q} --config {params.cfg} --hash {input:q} > {log:q} 2>&1"
 
 
 rule vae_recon:
@@ -48,9 +48,9 @@ rule vae_recon:
     output:
         expand("results/vae_recon/{kind}.h5", kind=VAE_KINDS),
     params:
-        sd=config["pretrained"].get("sd_path") or "",
-        untuned="" if WITH_SD else "results/models/vae_natural",
-        outputs=" ".join(f"--output {k}=results/vae_recon/{k}.h5" for k in VAE_KINDS),
+        sd=quoted(config["pretrained"].get("sd_path") or ""),
+        untuned=quoted("" if WITH_SD else "results/models/vae_natural"),
+        outputs=named_args("--output", ((k, f"results/vae_recon/{k}.h5") for k in VAE_KINDS)),
     log:
         "results/logs/vae_recon.log",
     conda:
@@ -59,8 +59,8 @@ rule vae_recon:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads} ldpm vae-recon --data {input.data} --vae-dir results/models/vae"
-        " --sd-path '{params.sd}' --untuned-dir '{params.untuned}' {params.outputs} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} ldpm vae-recon --data {input.data:q} --vae-dir results/models/vae"
+        " --sd-path {params.sd} --untuned-dir {params.untuned} {params.outputs} > {log:q} 2>&1"
 
 
 # results/metrics/vae_<kind>/ is scored by the same `ldpm evaluate` as every method: the VAE
@@ -80,8 +80,8 @@ rule evaluate_vae:
     wildcard_constraints:
         kind="|".join(VAE_KINDS),
     params:
-        lpips=config["metrics"].get("lpips_backbone") or "",
-        inception=config["metrics"].get("inception_weights") or "",
+        lpips=quoted(config["metrics"].get("lpips_backbone") or ""),
+        inception=quoted(config["metrics"].get("inception_weights") or ""),
         kid=config["metrics"]["kid_subset_size"],
     log:
         "results/logs/evaluate/vae_{kind}.log",
@@ -89,10 +89,10 @@ rule evaluate_vae:
         ENV
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} ldpm evaluate --method vae_{wildcards.kind} --recon {input.recon}"
-        " --data {input.recon} --manifest {input.manifest} --out-dir results/metrics/vae_{wildcards.kind}"
-        " --lpips-backbone '{params.lpips}' --inception-weights '{params.inception}'"
-        " --kid-subset-size {params.kid} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} ldpm evaluate --method vae_{wildcards.kind:q} --recon {input.recon:q}"
+        " --data {input.recon:q} --manifest {input.manifest:q} --out-dir results/metrics/vae_{wildcards.kind:q}"
+        " --lpips-backbone {params.lpips} --inception-weights {params.inception}"
+        " --kid-subset-size {params.kid:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -116,12 +116,12 @@ rule report:
     params:
         methods=",".join(METHODS),
         fig3=int(WITH_FIG3),
-        stages=",".join(REPORT_STAGES),
+        stages=quoted(",".join(REPORT_STAGES)),
     log:
         "results/logs/report.log",
     conda:
         ENV
     shell:
-        "papermill --no-progress-bar --kernel python3 {input.notebook} {output.notebook}"
-        " -p methods {params.methods} -p results_dir results -p paper_values {input.paper}"
-        " -p with_fig3 {params.fig3} -p stages '{params.stages}' > {log} 2>&1"
+        "papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q}"
+        " -p methods {params.methods:q} -p results_dir results -p paper_values {input.paper:q}"
+        " -p with_fig3 {params.fig3:q} -p stages {params.stages} > {log:q} 2>&1"

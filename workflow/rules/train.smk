@@ -13,8 +13,8 @@ rule train:
         stage="|".join(TRAIN_STAGES),
     params:
         overrides=lambda wc: as_json(config["train"]["stages"].get(wc.stage, {})),
-        deps=lambda wc: " ".join(f"--dep {d}=results/models/{d}"
-                                 for d in stage_dependencies(wc.stage, WITH_SD)),
+        deps=lambda wc: named_args("--dep", ((d, f"results/models/{d}")
+                                             for d in stage_dependencies(wc.stage, WITH_SD))),
         preset=config["train"]["preset"],
         pretrained=as_json(config["pretrained"]),
         masks=as_json(config["masks"]),
@@ -36,9 +36,9 @@ rule train:
         runtime=720,
     # ldpm/launch.py: one plain process, or one torchrun rank per GPU given to the job
     shell:
-        "OMP_NUM_THREADS={threads} python -m ldpm.launch --gpus {resources.gpu} --"
-        " --stage {wildcards.stage} --manifest {input.manifest}"
-        " --out-dir results/models/{wildcards.stage} {params.deps} --overrides {params.overrides}"
-        " --preset {params.preset} --pretrained {params.pretrained} --masks {params.masks}"
-        " --seed {params.seed}"
-        " > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.launch --gpus {resources.gpu:q} --"
+        " --stage {wildcards.stage:q} --manifest {input.manifest:q}"
+        " --out-dir results/models/{wildcards.stage:q} {params.deps} --overrides {params.overrides}"
+        " --preset {params.preset:q} --pretrained {params.pretrained} --masks {params.masks}"
+        " --seed {params.seed:q}"
+        " > {log:q} 2>&1"
