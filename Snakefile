@@ -5,9 +5,13 @@
 #
 # Rules only orchestrate: each calls one `ldpm <command>` entry point (ldpm/cli.py).
 
+import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from ldpm.config import validate_config
+from ldpm.errors import LdpmInputError
 
 min_version("9.0")
 
@@ -17,7 +21,17 @@ REPO = Path(workflow.basedir)
 configfile: str(REPO / "config" / "config.yaml")
 
 
-validate(config, str(REPO / "config" / "schemas" / "config.schema.yaml"))
+# The whole config (config/config.yaml, then --configfile files, then --config) is checked
+# against config/schemas/config.schema.yaml, with its cross-key rules and the paths it names,
+# before any rule is read: a bad config prints one line naming the key and the fix and exits 2
+# with nothing written. The schema sets no defaults: config/config.yaml holds every key.
+try:
+    _checked = validate_config(config, source="config")
+except LdpmInputError as _error:
+    print(_error, file=sys.stderr)
+    sys.exit(2)
+config.clear()
+config.update(_checked)  # in place: --config strings read as the numbers the schema wants
 
 
 include: "workflow/rules/common.smk"

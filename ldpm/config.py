@@ -1,14 +1,26 @@
 """Load and validate the pipeline configuration against ``config/schemas/config.schema.yaml``.
 
 Errors name the config file, the key and the fix, e.g.
-``config/config.yaml: data.sourse: unknown key ... Fix: remove it or spell one of ...``.
+``config/config.yaml: data.sourse: unknown key. Fix: remove it, or use one of: ...``.
+
+:func:`validate_config` runs, in order: coercion of strings that Snakemake's ``--config``
+leaves in nested blocks (``masks={acceleration: 4}`` arrives as ``'4'``) to the number, boolean
+or null the schema wants there; the schema (keys, types, ranges, each stage's
+``train.stages`` overrides); rules between keys; and the paths the config names (they must
+exist and be of the right kind, relative to the working directory), so that a bad config
+stops before the DAG is built rather than in a job hours later.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import math
+import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jsonschema
 import yaml
@@ -19,14 +31,66 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "config" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
+#: HDF5's format signature; the superblock sits at byte 0 or, after a user block, at 512,
+#: 1024, 2048, ... (the HDF5 file format specification, "Format Signature").
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-def load_schema() -> dict:
+
+@lru_cache(maxsize=1)
+def _schema_cached(mtime: float) -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
 
 
+def load_schema() -> dict:
+    """The config schema (a fresh copy, so callers may modify it)."""
+    return copy.deepcopy(_schema_cached(SCHEMA_PATH.stat().st_mtime))
+
+
+# ------------------------------------------------------------------------------------------
+# Error messages
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _types(schema: Mapping[str, Any]) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _range(schema: Mapping[str, Any]) -> str:
+    """The schema's numeric range in words: ``>= 1``, ``in (0, 1)``, ``> 0 and <= 1``."""
+    lo = (f"> {schema['exclusiveMinimum']}" if "exclusiveMinimum" in schema
+          else f">= {schema['minimum']}" if "minimum" in schema else "")
+    hi = (f"< {schema['exclusiveMaximum']}" if "exclusiveMaximum" in schema
+          else f"<= {schema['maximum']}" if "maximum" in schema else "")
+    if "exclusiveMinimum" in schema and "exclusiveMaximum" in schema:
+        return f"in ({schema['exclusiveMinimum']}, {schema['exclusiveMaximum']})"
+    if "minimum" in schema and "maximum" in schema:
+        return f"in [{schema['minimum']}, {schema['maximum']}]"
+    return " and ".join(p for p in (lo, hi) if p)
+
+
+_ARTICLE = {"integer": "an integer", "number": "a number", "string": "a string",
+            "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
+
+
+def expected(schema: Mapping[str, Any]) -> str:
+    """What a value of ``schema`` must be, in words: ``an integer >= 1, or null``."""
+    types = _types(schema)
+    if "enum" in schema:
+        main = f"one of {schema['enum']}"
+    else:
+        main = " or ".join(_ARTICLE.get(t, t) for t in types if t != "null") or "a value"
+        rng = _range(schema)
+        if rng:
+            main += f" {rng}"
+    if "null" in types:
+        main += ", or null"
+    desc = schema.get("description")
+    return f"{main}; {desc}" if desc else main
 
 
 def _describe(error: jsonschema.ValidationError) -> tuple[str, str, str]:
@@ -42,26 +106,157 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str, str]:
     if error.validator == "required":
         return (key, error.message, "add the missing key (see config/config.yaml for defaults)")
     if error.validator == "type":
-        return (key, f"has the wrong type ({error.message})",
-                f"give a value of type {error.validator_value}")
+        wanted = " or ".join(_ARTICLE.get(t, t) for t in _types(schema))
+        return (key, f"has the wrong type ({error.instance!r} is not {wanted})",
+                f"give {expected(schema)}")
     if error.validator == "enum":
         return (key, f"value {error.instance!r} is not allowed",
                 f"use one of {error.validator_value}")
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return (key, f"{error.instance!r} is out of range", f"give {expected(schema)}")
+    if error.validator in ("minItems", "maxItems"):
+        n = len(error.instance)
+        return (key, f"has {n} item{'s' if n != 1 else ''}",
+                f"give {'at least' if error.validator == 'minItems' else 'at most'} "
+                f"{error.validator_value}")
+    if error.validator == "uniqueItems":
+        return (key, "lists an item twice", "list each item once")
     return (key, error.message, "correct the value (see config/schemas/config.schema.yaml)")
 
 
-def validate_config(config: Mapping[str, Any], source: str | Path = "config") -> dict:
-    """Validate ``config``; raise :class:`LdpmInputError` naming ``source`` and the key."""
-    validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+# ------------------------------------------------------------------------------------------
+# Strings from --config
+
+
+_INT = re.compile(r"[-+]?\d+")
+_NULL = {"null", "Null", "NULL", "~", ""}
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        node: Any = root
+        for part in ref[2:].split("/"):
+            node = node[part]
+        return {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _scalar(value: str, types: list[str]) -> Any:
+    """``value`` as the first of ``types`` it reads as (numbers: finite ones), else itself."""
+    v = value.strip()
+    if "integer" in types and _INT.fullmatch(v):
+        return int(v)
+    if "number" in types:
+        try:
+            f = float(v)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(f):
+                return int(f) if _INT.fullmatch(v) else f
+    if "boolean" in types and v in _BOOL:
+        return _BOOL[v]
+    if "null" in types and v in _NULL:
+        return None
+    return value
+
+
+def coerce_strings(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """A copy of ``value`` where each string that sits where ``schema`` wants a number, an
+    integer, a boolean or null is read as one (``'4'`` -> 4, ``'false'`` -> False, ``'null'``
+    -> None); strings that do not read as one are left for the schema to refuse.
+
+    Snakemake's ``--config`` parses nested values with YAML's base loader, which keeps every
+    scalar a string; top-level values and ``--configfile`` files arrive typed.
+    """
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    types = _types(schema)
+    if isinstance(value, str):
+        if "string" in types and not ("null" in types and value.strip() in _NULL - {""}):
+            return value
+        return _scalar(value, types) if types else value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            out[k] = coerce_strings(v, sub, root) if sub is not None else v
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_strings(v, schema["items"], root) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_schema(config: Any, schema: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         key, problem, fix = _describe(errors[0])
+        if prefix:
+            key = prefix if key == "<top level>" else f"{prefix}.{key}"
         raise LdpmInputError(f"{source}: {key}", problem, fix)
-    config = copy.deepcopy(dict(config))
-    fr = config["data"]["split_fractions"]
-    if abs(fr["train"] + fr["val"] + fr["test"] - 1.0) > 1e-6:
-        raise LdpmInputError(f"{source}: data.split_fractions", "fractions do not sum to 1",
-                             "make train + val + test equal 1")
+
+
+def check_split_fractions(fractions: Mapping[str, Any], where: str = "data.split_fractions") -> dict:
+    """Refuse split fractions that are not numbers in [0, 1] (test > 0) summing to 1; returns
+    them with strings read as numbers."""
+    sub, _ = _schema_at("data.split_fractions")
+    fractions = coerce_strings(dict(fractions), sub)
+    _check_schema(fractions, sub, where)
+    if abs(sum(float(fractions[k]) for k in ("train", "val", "test")) - 1.0) > 1e-6:
+        raise LdpmInputError(where, "fractions do not sum to 1", "make train + val + test equal 1")
+    return fractions
+
+
+def validate_stage_overrides(stage: str, overrides: Mapping[str, Any],
+                             where: str = "config") -> dict:
+    """``train.stages.<stage>`` checked against its schema (keys, types, ranges); returns it
+    with --config strings read as numbers."""
+    schema = load_schema()
+    stages = schema["properties"]["train"]["properties"]["stages"]["properties"]
+    if stage not in stages:
+        raise LdpmInputError(f"{where}: train.stages.{stage}", "unknown stage",
+                             f"use one of: {', '.join(sorted(stages))}")
+    sub = {**_resolve(stages[stage], schema), "$defs": schema.get("$defs", {})}
+    overrides = coerce_strings(dict(overrides or {}), sub)
+    _check_schema(overrides, sub, where, f"train.stages.{stage}")
+    return overrides
+
+
+def validate_config(config: Mapping[str, Any], source: str | Path = "config",
+                    check_paths: bool = True) -> dict:
+    """Validate ``config``; raise :class:`LdpmInputError` naming ``source`` and the key.
+
+    Returns a validated copy (strings from ``--config`` read as the numbers the schema wants).
+    ``check_paths``: also check that the files and folders the config names exist and are of
+    the right kind (:func:`check_config_paths`).
+    """
+    schema = load_schema()
+    config = coerce_strings(copy.deepcopy(dict(config)), schema)
+    _check_schema(config, schema, str(source))
+    check_split_fractions(config["data"]["split_fractions"], f"{source}: data.split_fractions")
+    m = config["masks"]
+    if m["center_fraction"] * m["acceleration"] > 1.0 + 1e-9:
+        raise LdpmInputError(f"{source}: masks.center_fraction",
+                             f"{m['center_fraction']} keeps more lines than 1/acceleration "
+                             f"(1/{m['acceleration']}), so the masks would not be "
+                             f"{m['acceleration']}x",
+                             "use at most 1/acceleration (fastMRI: 4x -> 0.08, 8x -> 0.04)")
+    crop_size = config["data"]["crop_size"]
+    for stage, overrides in sorted((config["train"].get("stages") or {}).items()):
+        crop = (overrides or {}).get("crop")
+        if crop is not None and crop > crop_size:
+            raise LdpmInputError(f"{source}: train.stages.{stage}.crop",
+                                 f"{crop} is larger than the images (data.crop_size {crop_size})",
+                                 f"use at most {crop_size}, or null for whole images")
     if config["data"]["source"] == "fastmri" and not config["data"].get("fastmri_root"):
         raise LdpmInputError(f"{source}: data.fastmri_root", "is empty but data.source is fastmri",
                              "set it to the folder holding the fastMRI multicoil *.h5 files")
@@ -79,7 +274,162 @@ def validate_config(config: Mapping[str, Any], source: str | Path = "config") ->
                                  f"is empty but methods lists {method}",
                                  f"set it to fastMRI's {what} weights (e.g. "
                                  f"brain_leaderboard_state_dict.pt), or drop {method} from methods")
+    if check_paths:
+        check_config_paths(config, source)
     return config
+
+
+# ------------------------------------------------------------------------------------------
+# Paths
+
+
+def is_hdf5(path: str | Path) -> bool:
+    """Whether ``path`` starts with HDF5's signature (at byte 0 or after a user block)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            offset = 0
+            while offset + len(HDF5_SIGNATURE) <= size:
+                f.seek(offset)
+                if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else offset * 2
+    except OSError:
+        return False
+    return False
+
+
+def _not_found(value: str) -> str:
+    p = Path(value)
+    return (f"{value} not found" if p.is_absolute()
+            else f"{value} not found (relative to the working directory {Path.cwd()})")
+
+
+def _file(value: str, key: str, source: str, what: str) -> None:
+    p = Path(value)
+    if not p.exists():
+        raise LdpmInputError(f"{source}: {key}", _not_found(value), f"set it to {what}, or null")
+    if not p.is_file():
+        raise LdpmInputError(f"{source}: {key}", f"{value} is a folder, not a file",
+                             f"set it to {what}, or null")
+
+
+def _folder(value: str, key: str, source: str, what: str) -> Path:
+    p = Path(value)
+    if not p.exists():
+        raise LdpmInputError(f"{source}: {key}", _not_found(value), f"set it to {what}")
+    if not p.is_dir():
+        raise LdpmInputError(f"{source}: {key}", f"{value} is a file, not a folder",
+                             f"set it to {what}")
+    return p
+
+
+def check_fastmri_root(root: str | Path, key: str = "data.fastmri_root",
+                       source: str = "config") -> list[Path]:
+    """The ``*.h5`` files under ``root`` (what :func:`ldpm.data.fastmri.list_volumes` reads;
+    other files are ignored), each checked to be HDF5."""
+    what = "the folder of the fastMRI multicoil *.h5 files"
+    folder = _folder(str(root), key, source, what)
+    files = sorted(p for p in folder.rglob("*.h5") if p.is_file())
+    if not files:
+        others = sum(1 for p in folder.rglob("*") if p.is_file())
+        raise LdpmInputError(f"{source}: {key}",
+                             f"{root} holds no *.h5 files ({others} other files, which are not read)",
+                             f"set it to {what}")
+    bad = [p for p in files if not is_hdf5(p)]
+    if bad:
+        more = f" and {len(bad) - 1} more of {len(files)}" if len(bad) > 1 else ""
+        raise LdpmInputError(f"{source}: {key}", f"{bad[0]}{more} is not an HDF5 file "
+                             "(a failed download or another format named *.h5)",
+                             "re-download it or remove it from the folder")
+    return files
+
+
+def check_config_paths(config: Mapping[str, Any], source: str | Path = "config") -> None:
+    """The files and folders a validated config names: each set path must exist and be a
+    file or a folder as its key means; ``data.fastmri_root`` (with ``data.source: fastmri``)
+    must hold HDF5 ``*.h5`` files. Relative paths are relative to the working directory."""
+    source = str(source)
+    pre = config.get("pretrained") or {}
+    if pre.get("sd_path"):
+        what = "a local diffusers folder of Stable Diffusion 2-1-base (vae/, unet/, text_encoder/, tokenizer/)"
+        sd = _folder(pre["sd_path"], "pretrained.sd_path", source, what)
+        needed = ["vae/config.json", "unet/config.json"]
+        if not (sd / "null_text_embedding.safetensors").is_file():
+            needed += ["text_encoder/config.json", "tokenizer"]
+        for part in needed:
+            if not (sd / part).exists():
+                raise LdpmInputError(f"{source}: pretrained.sd_path", f"{sd} has no {part}",
+                                     f"set it to {what}")
+    files = [("pretrained.vgg16_path", pre.get("vgg16_path"),
+              "a torchvision VGG16 state dict (vgg16-397923af.pth)"),
+             ("pretrained.vgg19_path", pre.get("vgg19_path"),
+              "a torchvision VGG19 state dict (vgg19-dcbb9e9d.pth)"),
+             ("metrics.lpips_backbone", (config.get("metrics") or {}).get("lpips_backbone"),
+              "torchvision AlexNet weights (alexnet-owt-7be5be79.pth)"),
+             ("metrics.inception_weights", (config.get("metrics") or {}).get("inception_weights"),
+              "a TorchScript TF-Inception file")]
+    for key, value, what in files:
+        if value:
+            _file(value, key, source, what)
+    dc = config.get("diffcode") or {}
+    for key, what in (("ct_path", "the AAPM LDCT folder (patients/{quarter*,full*}/ DICOM series)"),
+                      ("pet_path", "the PET folder (subjects/{low_dose,full_dose}.nii[.gz])")):
+        if dc.get(key):
+            _folder(dc[key], f"diffcode.{key}", source, f"{what}, or null")
+    data = config.get("data") or {}
+    if data.get("source") == "fastmri" and data.get("fastmri_root"):
+        check_fastmri_root(data["fastmri_root"], "data.fastmri_root", source)
+
+
+# ------------------------------------------------------------------------------------------
+# Command-line arguments with the config's ranges
+
+
+def _schema_at(key: str) -> tuple[dict, dict]:
+    schema = load_schema()
+    node: Mapping[str, Any] = schema
+    for part in key.split("."):
+        node = _resolve(node, schema)["properties"][part]
+    return {**_resolve(node, schema), "$defs": schema.get("$defs", {})}, schema
+
+
+def config_arg(key: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that reads a value as config key ``key`` (``data.crop_size``,
+    ``masks.acceleration``, ...) and refuses it outside the schema's type and range, so a
+    command-line number obeys the same rules as the config."""
+    sub, root = _schema_at(key)
+
+    def parse(text: str) -> Any:
+        value = coerce_strings(text, sub)
+        errors = list(jsonschema.Draft202012Validator(sub).iter_errors(value))
+        if errors:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {expected(sub)} (config key {key})")
+        return value
+
+    parse.__name__ = key.rsplit(".", 1)[-1]  # argparse names the type in its messages
+    return parse
+
+
+def split_fractions_arg(text: str) -> dict:
+    """An argparse ``type`` for ``--split-fractions``: JSON ``{train, val, test}`` in [0, 1]
+    summing to 1 (as ``data.split_fractions``)."""
+    try:
+        fractions = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(fractions, dict):
+        raise argparse.ArgumentTypeError("give a JSON object {\"train\": .., \"val\": .., \"test\": ..}")
+    try:
+        check_split_fractions(fractions, "--split-fractions")
+    except LdpmInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return fractions
+
+
+# ------------------------------------------------------------------------------------------
+# Loading
 
 
 def training_masks(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -93,7 +443,8 @@ def training_masks(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {"acceleration": int(m["acceleration"]), "center_fraction": float(m["center_fraction"])}
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> dict:
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None,
+                check_paths: bool = True) -> dict:
     """Read a YAML config (optionally deep-merged with ``overrides``) and validate it."""
     path = Path(path)
     if not path.is_file():
@@ -105,7 +456,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] 
         raise LdpmInputError(path, f"is not valid YAML ({e})", "fix the YAML syntax") from e
     if overrides:
         config = deep_merge(config, overrides)
-    return validate_config(config, path)
+    return validate_config(config, path, check_paths=check_paths)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
