@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .config import config_arg, split_fractions_arg
 from .errors import LdpmInputError
 
 log = logging.getLogger("ldpm")
@@ -172,29 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subject", type=int, required=True)
     s.add_argument("--out-dir", type=Path, required=True)
     s.add_argument("--embedded", type=_json, required=True, help="the config's `embedded` block as JSON")
-    s.add_argument("--crop-size", type=int, required=True)
-    s.add_argument("--drop-last-slices", type=int, required=True)
+    s.add_argument("--crop-size", type=config_arg("data.crop_size"), required=True)
+    s.add_argument("--drop-last-slices", type=config_arg("data.drop_last_slices"), required=True)
     s.add_argument("--seed", type=int, required=True)
 
     s = sub.add_parser("preprocess", help=preprocess.__doc__)
     s.add_argument("--input", type=Path, required=True)
     s.add_argument("--output", type=Path, required=True)
-    s.add_argument("--crop-size", type=int, required=True)
-    s.add_argument("--drop-last-slices", type=int, required=True)
+    s.add_argument("--crop-size", type=config_arg("data.crop_size"), required=True)
+    s.add_argument("--drop-last-slices", type=config_arg("data.drop_last_slices"), required=True)
 
     s = sub.add_parser("manifest", help=manifest.__doc__)
     s.add_argument("--stores", type=Path, nargs="+", required=True)
     s.add_argument("--output", type=Path, required=True)
-    s.add_argument("--split-fractions", type=_json, required=True)
+    s.add_argument("--split-fractions", type=split_fractions_arg, required=True)
     s.add_argument("--seed", type=int, required=True)
 
     s = sub.add_parser("test-shard", help=test_shard.__doc__)
     s.add_argument("--manifest", type=Path, required=True)
     s.add_argument("--shard", type=int, required=True)
-    s.add_argument("--n-shards", type=int, required=True)
+    s.add_argument("--n-shards", type=config_arg("inference.n_shards"), required=True)
     s.add_argument("--output", type=Path, required=True)
-    s.add_argument("--acceleration", type=int, required=True)
-    s.add_argument("--center-fraction", type=float, required=True)
+    s.add_argument("--acceleration", type=config_arg("masks.acceleration"), required=True)
+    s.add_argument("--center-fraction", type=config_arg("masks.center_fraction"), required=True)
     s.add_argument("--mask-seed", type=int, required=True)
 
     s = sub.add_parser("train", help=train.__doc__)
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", type=Path, required=True)
     s.add_argument("--lpips-backbone", default=None)
     s.add_argument("--inception-weights", default=None)
-    s.add_argument("--kid-subset-size", type=int, default=1000)
+    s.add_argument("--kid-subset-size", type=config_arg("metrics.kid_subset_size"), default=1000)
 
     s = sub.add_parser("vae-recon", help=vae_recon.__doc__)
     s.add_argument("--data", type=Path, nargs="+", required=True, help="all test shards")
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without SD: the vae_natural stage's training folder (the untuned VAE)")
     s.add_argument("--output", type=_named_path, action="append", required=True, metavar="KIND=FILE",
                    help="mr=results/vae_recon/mr.h5 and/or untuned=results/vae_recon/untuned.h5")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=config_arg("diffcode.eval_batch_size"), default=8)
 
     s = sub.add_parser("provenance", help=provenance.__doc__)
     s.add_argument("--output", type=Path, required=True)

@@ -101,6 +101,20 @@ def test_save_load_round_trips_exactly(tmp_path):
     assert not torch.equal(unet_output(fresh), unet_output(tiny_unet())), "the adapter had no effect"
 
 
+@pytest.mark.parametrize("damage", [b"\x00garbage{{{", None])
+def test_unreadable_adapter_is_one_error_naming_it(damage, tmp_path):
+    from ldpm.errors import LdpmInputError
+
+    unet = tiny_unet()
+    random_adapter(unet, "a", seed=3)
+    save_lora(unet, "a", tmp_path)
+    weights = tmp_path / LORA_WEIGHTS_FILE
+    weights.write_bytes(damage if damage is not None else weights.read_bytes()[:100])
+    with pytest.raises(LdpmInputError, match=LORA_WEIGHTS_FILE) as err:
+        load_lora(tiny_unet(), tmp_path, "a")
+    assert "Fix:" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_combining_two_adapters_with_weights_1_0_equals_the_first_alone():
     unet = tiny_unet()
     random_adapter(unet, "a", seed=1)

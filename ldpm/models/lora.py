@@ -21,6 +21,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..errors import LdpmInputError
+from .pretrained import check_checkpoint_folder, loading_checkpoint
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 #: the attention projections of every (self and cross) attention block of the U-Net
@@ -96,7 +97,9 @@ def load_lora(unet: UNet2DConditionModel, directory: str | Path, adapter: str) -
     directory = Path(directory)
     if not (directory / LORA_WEIGHTS_FILE).is_file():
         raise LdpmInputError(directory, f"no {LORA_WEIGHTS_FILE}", "train the LoRA stage first")
-    with _several_adapters_expected():
+    fix = f"delete {directory} and rerun its LoRA stage"
+    check_checkpoint_folder(directory, fix)
+    with _several_adapters_expected(), loading_checkpoint(directory, fix):
         unet.load_lora_adapter(directory, prefix=None, weight_name=LORA_WEIGHTS_FILE,
                                adapter_name=adapter, local_files_only=True)
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import h5py
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from ..io import atomic_path, open_hdf5  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from .tables import METHOD_NAMES  # noqa: E402
@@ -23,7 +22,7 @@ from .tables import METHOD_NAMES  # noqa: E402
 
 def read_keys(path: Path, dataset: str) -> dict[tuple[str, int], np.ndarray]:
     """``{(volume, slice): image}`` from a shard or reconstruction file."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, "reconstruction or test shard") as f:
         vols = [v.decode() if isinstance(v, bytes) else str(v) for v in f["volume"][()]]
         return {(v, int(s)): img for v, s, img in zip(vols, f["slice"][()], f[dataset][()])}
 

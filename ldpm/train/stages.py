@@ -48,7 +48,8 @@ def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
 
 def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
                  masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The preset config of ``stage`` with ``overrides``; unknown override keys are refused.
+    """The preset config of ``stage`` with ``overrides``, checked against the stage's schema
+    (keys, types, ranges: ``config/schemas/config.schema.yaml``).
 
     ``masks``: the run config's ``masks`` block; its ``acceleration`` and ``center_fraction``
     are the training masks of every stage (``cfg["masks"]``), as of the test shards.
@@ -65,13 +66,10 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
         from .presets import DEFAULT_CONFIG, PAPER_CONFIG
 
         base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
-    unknown = sorted(set(overrides or {}) - set(base))
-    if unknown:
-        raise LdpmInputError(f"config: train.stages.{stage}.{unknown[0]}", "unknown key",
-                             f"use one of: {', '.join(sorted(base))}")
-    from ..config import training_masks
+    from ..config import training_masks, validate_stage_overrides
 
-    return {**base, **(overrides or {}),
+    overrides = validate_stage_overrides(stage, overrides or {})
+    return {**base, **overrides,
             "masks": training_masks({"masks": masks} if masks is not None else None)}
 
 

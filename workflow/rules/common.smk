@@ -1,4 +1,4 @@
-# Shared definitions: validated config, the volume list, output paths, shell quoting.
+# Shared definitions: the volume list, output paths, shell quoting.
 #
 # Shell commands quote every value they interpolate: `{x:q}` (Snakemake's shlex.quote, applied to
 # each element of a list), or, for params built below by quoted/as_json/named_args, which are
@@ -6,13 +6,10 @@
 import json
 import shlex
 
-from ldpm.config import validate_config
 from ldpm.methods import MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
 from ldpm.methods_lora import study_methods
 
-# snakemake's `validate` (in the Snakefile) checks the schema; this second pass turns a
-# violation into one message that names the key and the fix, and checks cross-key rules.
-config = validate_config(config, source="config (config/config.yaml + --config/--configfile)")
+# `config` was validated by the Snakefile (ldpm.config.validate_config) before this file.
 
 ENV = str(REPO / "environment.yml")
 NOTEBOOKS = REPO / "workflow" / "notebooks"
