@@ -113,3 +113,24 @@ def test_contrasts_follow_tissue_physics(built):
 def test_subject_out_of_range(tmp_path):
     with pytest.raises(LdpmInputError, match="n_subjects"):
         build_subject(3, tmp_path, CFG, CROP, DROP, SEED)
+
+
+def test_ood_volumes_are_dipys_real_scans_read_like_fastmri(tmp_path):
+    from ldpm.data.ood import VOLUMES, build_ood, ood_slices
+
+    paths = build_ood(tmp_path, CFG, CROP, DROP, SEED)
+    assert [p.stem for p in paths] == list(VOLUMES)
+    n_real = {}
+    for path in paths:
+        vol = read_volume(path, CROP, DROP)
+        real = ood_slices(path.stem, CROP)
+        n_real[path.stem] = len(vol.targets)
+        assert vol.meta["anatomy"] == "brain" and vol.meta["subject"].startswith("dipy_")
+        assert np.isfinite(vol.targets).all() and vol.targets.shape[1:] == (CROP, CROP)
+        # the RSS target is the real scan (up to scale and the simulated noise)
+        for target, image in zip(vol.targets, real):
+            assert np.corrcoef(target.ravel(), image.ravel())[0, 1] > 0.98
+    # every real slice is kept: the one T1 slice, and the b0 volume less the dropped slices
+    assert n_real == {"file_brain_T1COR_dipy": 1, "file_brain_B0EPI_dipy": 10 - DROP}
+    # not the embedded template: another contrast, read from the files dipy ships
+    assert {read_volume(p, CROP, DROP).meta["contrast"] for p in paths} == {"T1COR", "B0EPI"}

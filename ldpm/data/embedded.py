@@ -283,6 +283,39 @@ def ismrmrd_header(field_strength: float, crop_size: int, n_slices: int, n_coils
     )
 
 
+def write_multicoil_file(path: str | Path, images: np.ndarray, sens: np.ndarray, phase: np.ndarray,
+                         sigma: float, rng: np.random.Generator, header: str,
+                         attrs: Mapping[str, Any]) -> Path:
+    """Scan ``images`` [S, crop, crop] (real, >= 0) with coils ``sens`` [C, 2*crop, crop] and the
+    object phase ``phase`` [2*crop, crop] into one fastMRI multicoil file, atomically.
+
+    Each slice is placed at the centre of the 2x-oversampled readout, ``kspace[s, c] =
+    fft2c(obj * phase * sens_c) + n`` with complex Gaussian noise of ``E|n|^2 = sigma^2``; the file also
+    holds ``reconstruction_rss``, ``ismrmrd_header`` and the attrs fastMRI files carry (``max``,
+    ``norm``, plus ``attrs``).
+    """
+    n_slices, crop_size = images.shape[0], images.shape[-1]
+    full = sens.shape[1:]
+    top = (full[0] - crop_size) // 2  # where the reader's center crop will look
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        kspace = f.create_dataset("kspace", (n_slices, sens.shape[0], *full), dtype=np.complex64)
+        recon = np.empty((n_slices, crop_size, crop_size), dtype=np.float32)
+        for s in range(n_slices):
+            obj = np.zeros(full, dtype=np.complex128)
+            obj[top:top + crop_size] = images[s]
+            k = fft2c(obj * phase * sens)
+            noise = rng.normal(0.0, sigma / np.sqrt(2), (2, *k.shape))
+            k = (k + noise[0] + 1j * noise[1]).astype(np.complex64)
+            kspace[s] = k
+            recon[s] = rss_target(k, crop_size)
+        f.create_dataset("reconstruction_rss", data=recon)
+        f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode()))
+        f.attrs.update({**attrs, "max": float(recon.max()), "norm": float(np.linalg.norm(recon)),
+                        "ldpm_source": attrs.get("ldpm_source", SOURCE)})
+    return path
+
+
 # --------------------------------------------------------------------------- build
 
 def build_subject(subject_index: int, out_dir: str | Path, embedded_cfg: Mapping[str, Any],
@@ -306,7 +339,6 @@ def build_subject(subject_index: int, out_dir: str | Path, embedded_cfg: Mapping
     anatomy = subject_anatomy(subject_index, n_slices, crop_size, seed)
     full = (2 * crop_size, crop_size)
     sens = coil_maps(n_coils, full, crop_size / 2, np.random.default_rng([seed, subject_index, 1]))
-    top = (full[0] - crop_size) // 2  # where the reader's center crop will look
     fov_mm = _template()["extent_mm"] / HEAD_FILL
 
     out_dir = Path(out_dir)
@@ -318,26 +350,10 @@ def build_subject(subject_index: int, out_dir: str | Path, embedded_cfg: Mapping
         image = image * (SIGNAL_SCALE / max(float(image.max()), 1e-12))
         phase = _object_phase(full, rng)
         sigma = float(embedded_cfg["noise_std"]) * float(image.max()) * float(np.abs(sens).max())
-        path = out_dir / f"{name}.h5"
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            kspace = f.create_dataset("kspace", (n_slices, n_coils, *full), dtype=np.complex64)
-            recon = np.empty((n_slices, crop_size, crop_size), dtype=np.float32)
-            for s in range(n_slices):
-                obj = np.zeros(full, dtype=np.complex128)
-                obj[top:top + crop_size] = image[s]
-                k = fft2c(obj * phase * sens)
-                noise = rng.normal(0.0, sigma / np.sqrt(2), (2, *k.shape))
-                k = (k + noise[0] + 1j * noise[1]).astype(np.complex64)
-                kspace[s] = k
-                recon[s] = rss_target(k, crop_size)
-            f.create_dataset("reconstruction_rss", data=recon)
-            header = ismrmrd_header(field_strength, crop_size, n_slices, n_coils, fov_mm,
-                                    SEQUENCES[contrast])
-            f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode()))
-            f.attrs.update({
-                "acquisition": f"AX{contrast}", "patient_id": subject_name(subject_index),
-                "max": float(recon.max()), "norm": float(np.linalg.norm(recon)),
-                "ldpm_source": SOURCE,
-            })
+        header = ismrmrd_header(field_strength, crop_size, n_slices, n_coils, fov_mm,
+                                SEQUENCES[contrast])
+        path = write_multicoil_file(out_dir / f"{name}.h5", image, sens, phase, sigma,
+                                    rng, header, {"acquisition": f"AX{contrast}",
+                                             "patient_id": subject_name(subject_index)})
         paths.append(path)
     return paths
