@@ -88,3 +88,20 @@ def make_fastmri_file(tmp_path: Path) -> Callable[..., Path]:
         return write_fastmri_file(tmp_path / name, **kwargs)
 
     return make
+
+
+def smooth_slices(disc: bool = False):
+    """Four smooth 32x32 'slices' in [0, 1] (sums of three Gaussian blobs); ``disc``: zero
+    outside a centred disc, like a head in its field of view."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    out = []
+    for _ in range(4):
+        c = torch.rand(3, 2, generator=g) - 0.5
+        img = sum(torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1) for cx, cy in c.tolist())
+        if disc:
+            img = img * ((xx ** 2 + yy ** 2) < 0.8).float()
+        out.append(img / img.max())
+    return torch.stack(out)[:, None].float()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smooth_slices
 
 import ldpm.train.baselines as baselines_mod
 import ldpm.train.sketcher as sketcher_mod
@@ -35,15 +36,7 @@ UNET = {"model": TINY_UNET, "crop": None, "batch_size": 2, "ckpt_every": 1, "n_s
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    """Four smooth 32x32 'slices' in [0, 1]."""
-    g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
-    out = []
-    for _ in range(4):
-        c = torch.rand(3, 2, generator=g) - 0.5
-        img = sum(torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1) for cx, cy in c.tolist())
-        out.append(img / img.max())
-    return torch.stack(out)[:, None].float()
+    return smooth_slices(disc=False)
 
 
 @pytest.fixture(scope="module")

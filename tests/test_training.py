@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smooth_slices
 from safetensors.torch import load_file
 
 from ldpm.models import NullContextEps, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
@@ -38,16 +39,7 @@ CFG = {
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    """Four smooth 32x32 'slices' in [0, 1]."""
-    g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
-    out = []
-    for _ in range(4):
-        c = torch.rand(3, 2, generator=g) - 0.5
-        img = sum(torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1) for cx, cy in c.tolist())
-        img = img * ((xx ** 2 + yy ** 2) < 0.8).float()
-        out.append(img / img.max())
-    return torch.stack(out)[:, None].float()
+    return smooth_slices(disc=True)
 
 
 @pytest.fixture(scope="module")
