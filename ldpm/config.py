@@ -306,23 +306,24 @@ def _not_found(value: str) -> str:
             else f"{value} not found (relative to the working directory {Path.cwd()})")
 
 
-def _file(value: str, key: str, source: str, what: str) -> None:
-    p = Path(value)
-    if not p.exists():
-        raise LdpmInputError(f"{source}: {key}", _not_found(value), f"set it to {what}, or null")
-    if not p.is_file():
-        raise LdpmInputError(f"{source}: {key}", f"{value} is a folder, not a file",
-                             f"set it to {what}, or null")
-
-
-def _folder(value: str, key: str, source: str, what: str) -> Path:
+def _existing(value: str, key: str, source: str, what: str, folder: bool) -> Path:
+    """``value`` as a path that exists and is a folder (``folder``) or a file; else the error
+    names ``source: key`` and asks for ``what``."""
     p = Path(value)
     if not p.exists():
         raise LdpmInputError(f"{source}: {key}", _not_found(value), f"set it to {what}")
-    if not p.is_dir():
-        raise LdpmInputError(f"{source}: {key}", f"{value} is a file, not a folder",
-                             f"set it to {what}")
+    if folder != p.is_dir():
+        kind = "a file, not a folder" if folder else "a folder, not a file"
+        raise LdpmInputError(f"{source}: {key}", f"{value} is {kind}", f"set it to {what}")
     return p
+
+
+def _file(value: str, key: str, source: str, what: str) -> None:
+    _existing(value, key, source, f"{what}, or null", folder=False)
+
+
+def _folder(value: str, key: str, source: str, what: str) -> Path:
+    return _existing(value, key, source, what, folder=True)
 
 
 def check_fastmri_root(root: str | Path, key: str = "data.fastmri_root",
