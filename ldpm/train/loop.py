@@ -263,6 +263,10 @@ def _load_last(last: Path) -> dict[str, Any]:
     return ckpt
 
 
+_NONFINITE_FIX = ("lower the learning rate (lr) or check the training data for NaN/inf values, "
+                  "then delete the checkpoint folder and train again")
+
+
 def _check_finite(out: Mapping[str, float], stage: str, step: int, last: Path) -> None:
     """Stop training when a logged scalar (the loss or one of its terms) is NaN or infinite."""
     bad = {k: v for k, v in out.items() if not math.isfinite(v)}
@@ -270,9 +274,7 @@ def _check_finite(out: Mapping[str, float], stage: str, step: int, last: Path) -
         terms = ", ".join(f"{k}={v}" for k, v in bad.items())
         kept = f"; {last} keeps the last finite state" if last.is_file() else ""
         raise LdpmInputError(f"training stage {stage!r}", f"the loss is not finite at step {step} "
-                             f"({terms}){kept}", "lower the learning rate (lr) or check the "
-                             "training data for NaN/inf values, then delete the checkpoint "
-                             "folder and train again")
+                             f"({terms}){kept}", _NONFINITE_FIX)
 
 
 def _check_finite_weights(modules: Mapping[str, nn.Module], stage: str, step: int) -> None:
@@ -281,9 +283,7 @@ def _check_finite_weights(modules: Mapping[str, nn.Module], stage: str, step: in
         params = [p.detach() for p in m.parameters() if p.is_floating_point()]
         if params and not bool(torch.stack([p.isfinite().all() for p in params]).all()):
             raise LdpmInputError(f"training stage {stage!r}", f"the weights of {name!r} are not "
-                                 f"finite after step {step}", "lower the learning rate (lr) or "
-                                 "check the training data for NaN/inf values, then delete the "
-                                 "checkpoint folder and train again")
+                                 f"finite after step {step}", _NONFINITE_FIX)
 
 
 def _jsonable(obj: Any) -> Any:
