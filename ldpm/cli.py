@@ -121,7 +121,16 @@ def evaluate(a: argparse.Namespace) -> None:
 
     evaluate_method(a.recon, a.data, a.manifest, a.out_dir, a.method,
                     lpips_backbone=a.lpips_backbone, inception_weights=a.inception_weights,
-                    kid_subset_size=a.kid_subset_size)
+                    kid_subset_size=a.kid_subset_size, reference=a.reference_features)
+
+
+@command
+def reference_features(a: argparse.Namespace) -> None:
+    """Compute the test ground truth's Inception features once, for every method's rFID/KID."""
+    from .metrics.evaluate import reference_features as write_reference
+
+    write_reference(a.data, a.output, inception_weights=a.inception_weights)
+    log.info("wrote %s", a.output)
 
 
 @command
@@ -243,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lpips-backbone", default=None)
     s.add_argument("--inception-weights", default=None)
     s.add_argument("--kid-subset-size", type=config_arg("metrics.kid_subset_size"), default=1000)
+    s.add_argument("--reference-features", type=Path, default=None,
+                   help="the ground truth's Inception features (ldpm reference-features)")
+
+    s = sub.add_parser("reference-features", help=reference_features.__doc__)
+    s.add_argument("--data", type=Path, nargs="+", required=True, help="all test shards")
+    s.add_argument("--inception-weights", default=None)
+    s.add_argument("--output", type=Path, required=True, help="the .npz to write")
 
     s = sub.add_parser("vae-recon", help=vae_recon.__doc__)
     s.add_argument("--data", type=Path, nargs="+", required=True, help="all test shards")

@@ -81,6 +81,17 @@ def condition(sketcher, x_u: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor
     return x_u
 
 
+def normalised_measurement(k_u: np.ndarray, mask: np.ndarray, dev: torch.device):
+    """``(k, m, x_u, scale)`` of [B, 1, ...] tensors for slices [B, H, W] of k-space and masks
+    [B, W]: the k-space and zero-filled image divided by ``scale`` = max |x_u| of each slice
+    (:func:`ldpm.mri.measurement_scale`, the normalisation every training stage uses)."""
+    k = torch.from_numpy(np.ascontiguousarray(k_u)).to(dev, torch.complex64)[:, None]
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(dev)[:, None, None]
+    x_u = ifft2c(k).abs()
+    scale = measurement_scale(x_u)
+    return k / scale, m, x_u / scale, scale
+
+
 #: the Dual-Stage Sampler's settings, all from the config's ``inference.ldpm`` (eq. 8-12)
 SAMPLER_KEYS = ("n_steps", "p", "guidance_scale", "eps_mode")
 
@@ -115,19 +126,16 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     sampler = DualStageSampler(**sampler_settings(options), use_dss=switches["sampler"] == "dss")
     encode, decode = partial(vae_encode, vae), partial(vae_decode, vae)
     seeds = options["slice_seeds"]
+    bs = int(options.get("batch_size", 8))
     out = np.zeros(k_u.shape, np.float32)
     start = time.perf_counter()
-    for i in range(len(k_u)):
-        k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + 1])).to(dev, torch.complex64)[:, None]
-        m = torch.from_numpy(np.ascontiguousarray(mask[i:i + 1], dtype=np.float32)).to(dev)[:, None, None]
-        x_u = ifft2c(k).abs()
-        scale = measurement_scale(x_u)
-        k, x_u = k / scale, x_u / scale
+    for i in range(0, len(k_u), bs):
+        k, m, x_u, scale = normalised_measurement(k_u[i:i + bs], mask[i:i + bs], dev)
         with torch.no_grad():
             c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
-        gen = torch.Generator().manual_seed(int(seeds[i]))
-        x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gen)
-        out[i] = (x * scale)[0, 0].cpu().numpy()
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + bs]]
+        x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
+        out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
     if isinstance(options.get("timings"), dict):
         options["timings"]["sampling_seconds"] = time.perf_counter() - start
     return out
@@ -153,9 +161,6 @@ def sketcher_only_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Ma
     bs = int(options.get("batch_size", 8))
     with torch.no_grad():
         for i in range(0, len(k_u), bs):
-            k = torch.from_numpy(np.ascontiguousarray(k_u[i:i + bs])).to(dev, torch.complex64)[:, None]
-            m = torch.from_numpy(np.ascontiguousarray(mask[i:i + bs], dtype=np.float32)).to(dev)[:, None, None]
-            x_u = ifft2c(k).abs()
-            scale = measurement_scale(x_u)
-            out[i:i + bs] = (sketcher(x_u / scale, k / scale, m) * scale)[:, 0].cpu().numpy()
+            k, m, x_u, scale = normalised_measurement(k_u[i:i + bs], mask[i:i + bs], dev)
+            out[i:i + bs] = (sketcher(x_u, k, m) * scale)[:, 0].cpu().numpy()
     return out

@@ -278,3 +278,44 @@ def test_evaluate_mismatched_keys_writes_nothing(shards, tmp_path):
         pd.read_csv(manifest).query("volume == 'vol_a'").to_csv(tmp_path / "m2.csv", index=False)
         evaluate_method(paths["recon"], paths["data"], tmp_path / "m2.csv", out, "m")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_reference_features_give_the_same_rfid_and_kid(shards, tmp_path, monkeypatch):
+    """The ground truth's Inception features computed once (``ldpm reference-features``) give
+    every method the summary it gets computing them itself; they are refused for other shards."""
+    from ldpm.metrics.evaluate import reference_features
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    paths, manifest, _ = shards
+    ref = tmp_path / "ref.npz"
+    reference_features(paths["data"], ref)
+    alone = evaluate_method(paths["recon"], paths["data"], manifest, tmp_path / "a", "m")
+    shared = evaluate_method(paths["recon"], paths["data"], manifest, tmp_path / "b", "m",
+                             reference=ref)
+    assert shared == alone and shared["metrics"]["rfid"]["value"] is not None
+
+    other = tmp_path / "ref_other.npz"
+    reference_features(paths["data"][:1], other)            # features of one shard only
+    with pytest.raises(LdpmInputError, match="other ground-truth slices") as err:
+        evaluate_method(paths["recon"], paths["data"], manifest, tmp_path / "c", "m", reference=other)
+    assert str(other) in str(err.value)
+    (tmp_path / "junk.npz").write_bytes(b"not an npz")
+    with pytest.raises(LdpmInputError, match="unreadable"):
+        evaluate_method(paths["recon"], paths["data"], manifest, tmp_path / "d", "m",
+                        reference=tmp_path / "junk.npz")
+
+
+def test_reference_features_without_inception_carry_the_reason(shards, tmp_path, monkeypatch):
+    from ldpm.metrics.evaluate import reference_features
+
+    paths, manifest, _ = shards
+    monkeypatch.setattr(P, "packaged_inception_path", lambda: None)
+    P.load_inception.cache_clear()
+    try:
+        reference_features(paths["data"], tmp_path / "ref.npz")
+    finally:
+        P.load_inception.cache_clear()
+    m = evaluate_method(paths["recon"], paths["data"], manifest, tmp_path / "a", "m",
+                        reference=tmp_path / "ref.npz")["metrics"]
+    assert m["rfid"]["value"] is None and m["rfid"]["reason"] == P.NO_INCEPTION
+    assert m["kid"]["reason"] == P.NO_INCEPTION

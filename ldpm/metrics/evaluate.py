@@ -13,6 +13,7 @@ Outputs (each written atomically, only after everything was computed) in ``out_d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import pandas as pd
 from ldpm.errors import LdpmInputError
 from ldpm.io import atomic_path, open_hdf5, write_text_atomic
 from ldpm.metrics.image import nmse, psnr, ssim
-from ldpm.metrics.perceptual import lpips_score, rfid_kid
+from ldpm.metrics.perceptual import MetricUnavailable, MetricValue, inception_features, lpips_score, rfid_kid
 
 PIXEL_METRICS = ("psnr", "ssim", "nmse")
 VOLUME_META = ("subject", "anatomy", "contrast", "field_strength")
@@ -145,8 +146,12 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
                     manifest_csv: str | os.PathLike, out_dir: str | os.PathLike, method: str,
                     lpips_backbone: str | os.PathLike | None = None,
                     inception_weights: str | os.PathLike | None = None, kid_subset_size: int = 1000,
-                    device: str = "cpu", batch_size: int = 16) -> dict:
+                    device: str = "cpu", batch_size: int = 16,
+                    reference: str | os.PathLike | None = None) -> dict:
     """Score ``method``'s reconstructions; write per_volume.csv, per_slice.csv, summary.json; return the summary.
+
+    ``reference``: the ground truth's Inception features from :func:`reference_features` (the
+    same for every method, computed once); without it they are computed here.
 
     summary.json: ``{"method", "n_volumes", "n_slices", "metrics": {psnr|ssim|nmse: {mean, std, value,
     reason}, lpips: {value, std, reason}, rfid: {value, reason}, kid: {value, std, subset_size, reason}},
@@ -177,15 +182,20 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
                                "psnr": psnr(gt[s], pred[s], maxval),
                                "ssim": ssim(gt[s:s + 1], pred[s:s + 1], maxval),
                                "nmse": nmse(gt[s], pred[s])})
-        gt_imgs.append(np.clip(gt / maxval, 0, 1))
-        pred_imgs.append(np.clip(pred / maxval, 0, 1))
+        gt_imgs.append(perceptual_images(gt, maxval))
+        pred_imgs.append(perceptual_images(pred, maxval))
     gt_all, pred_all = np.concatenate(gt_imgs), np.concatenate(pred_imgs)
 
     per_volume = pd.DataFrame(vol_rows, columns=["method", "volume", *VOLUME_META, "n_slices", *PIXEL_METRICS])
     per_slice = pd.DataFrame(slice_rows, columns=["method", "volume", "slice", *PIXEL_METRICS])
 
     lp = lpips_score(gt_all, pred_all, lpips_backbone, batch_size, device)
-    fid, kid = rfid_kid(gt_all, pred_all, inception_weights, kid_subset_size, batch_size, device)
+    gt_feats, reason = (None, None) if reference is None else read_reference_features(reference, gt_all)
+    if reason is not None:
+        fid, kid = (MetricValue(None, reason), MetricValue(None, reason))
+    else:
+        fid, kid = rfid_kid(gt_all, pred_all, inception_weights, kid_subset_size, batch_size, device,
+                            gt_features=gt_feats)
     metrics = {m: _summary_entry(per_volume[m].to_numpy(float)) for m in PIXEL_METRICS}
     metrics["lpips"] = lp.to_dict(with_std=True)
     metrics["rfid"] = fid.to_dict()
@@ -200,3 +210,70 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
             df.to_csv(tmp, index=False)
     write_text_atomic(out_dir / "summary.json", text)
     return summary
+
+
+def perceptual_images(images: np.ndarray, maxval: float) -> np.ndarray:
+    """Magnitudes of one volume -> [0, 1] images for LPIPS/rFID/KID (divided by the ground
+    truth volume's max, clipped)."""
+    return np.clip(images / maxval, 0, 1)
+
+
+def ground_truth_images(shard_data_paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Every test slice of the shards as :func:`evaluate_method` feeds the perceptual metrics:
+    volumes sorted by name, slices by index, each volume divided by its max -> [N, H, W]."""
+    by_volume: dict[str, list] = defaultdict(list)
+    for dp in map(Path, shard_data_paths):
+        target, vols, slices = _read(dp, "target", "rebuild it with the test-shard step")
+        for i, (vol, sl) in enumerate(zip(vols, slices.tolist())):
+            by_volume[vol].append((int(sl), target[i]))
+    out = []
+    for vol in sorted(by_volume):
+        gt = np.stack([t for _, t in sorted(by_volume[vol], key=lambda t: t[0])])
+        out.append(perceptual_images(gt, gt.max()))
+    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
+
+
+def _fingerprint(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest()
+
+
+def reference_features(shard_data_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike,
+                       inception_weights: str | os.PathLike | None = None, batch_size: int = 16,
+                       device: str = "cpu") -> None:
+    """Write the test ground truth's Inception features (``features`` [N, 2048]) with the
+    SHA-256 of the images they came from, or the ``reason`` they cannot be computed, to an
+    ``.npz`` that every method's :func:`evaluate_method` reads."""
+    gt = ground_truth_images(shard_data_paths)
+    try:
+        payload = {"features": inception_features(gt, inception_weights, batch_size, device)}
+    except MetricUnavailable as exc:
+        payload = {"reason": np.array(exc.reason)}
+    with atomic_path(Path(out_path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, sha256=np.array(_fingerprint(gt)), **payload)
+
+
+_REBUILD_REFERENCE = "delete it and rerun the reference_features step (ldpm reference-features)"
+
+
+def read_reference_features(path: str | os.PathLike, gt: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """``(features, None)``, or ``(None, reason)`` where Inception weights were not available,
+    from a :func:`reference_features` file checked to belong to the ground truth ``gt``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise LdpmInputError(path, f"reference features are unreadable ({exc})", _REBUILD_REFERENCE)
+    if "sha256" not in data or ("features" not in data and "reason" not in data):
+        raise LdpmInputError(path, "not a reference-features file (no sha256/features)", _REBUILD_REFERENCE)
+    if str(data["sha256"]) != _fingerprint(gt):
+        raise LdpmInputError(path, "reference features were computed from other ground-truth slices "
+                             "than these test shards", _REBUILD_REFERENCE)
+    if "reason" in data:
+        return None, str(data["reason"])
+    feats = data["features"]
+    if feats.shape != (len(gt), 2048):
+        raise LdpmInputError(path, f"features of shape {feats.shape}, expected ({len(gt)}, 2048)",
+                             _REBUILD_REFERENCE)
+    return feats, None

@@ -301,14 +301,19 @@ def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, subset_size: int
 
 
 def rfid_kid(gt: np.ndarray, pred: np.ndarray, weights: str | os.PathLike | None = None,
-             kid_subset_size: int = 1000, batch_size: int = 16,
-             device: str = "cpu") -> tuple[MetricValue, MetricValue]:
-    """(rFID, KID) between ground-truth and reconstructed image sets in [0,1]."""
+             kid_subset_size: int = 1000, batch_size: int = 16, device: str = "cpu",
+             gt_features: np.ndarray | None = None) -> tuple[MetricValue, MetricValue]:
+    """(rFID, KID) between ground-truth and reconstructed image sets in [0,1].
+
+    ``gt_features``: the Inception features of ``gt`` computed once for every method
+    (:func:`ldpm.metrics.evaluate.reference_features`), instead of recomputing them.
+    """
     if min(len(gt), len(pred)) < 2:
         reason = f"needs at least 2 images per set (got {len(gt)} and {len(pred)})"
         return MetricValue(None, f"FID {reason}"), MetricValue(None, f"KID {reason}")
     try:
-        fa = inception_features(gt, weights, batch_size, device)
+        fa = (inception_features(gt, weights, batch_size, device) if gt_features is None
+              else gt_features)
         fb = inception_features(pred, weights, batch_size, device)
     except MetricUnavailable as exc:
         return MetricValue(None, exc.reason), MetricValue(None, exc.reason)

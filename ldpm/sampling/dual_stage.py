@@ -9,8 +9,9 @@ At each kept step with ORIGINAL timestep t (read top to bottom in :func:`dual_st
    ``delta = ||(F(D(z0_hat)) - k_u) M||^2`` (eq. 10-11, :func:`kspace_guidance`);
 3. ``z_{t-1}`` from ``z0'`` by eq. 12 (:func:`posterior_step`).
 
-Reading of eq. 10's expectation: ``delta`` is the squared L2 norm over k-space of each sample,
-averaged over the batch (so ``g`` does not depend on the batch size).
+Reading of eq. 10's expectation: ``delta`` is the squared L2 norm over k-space of one sample.
+A batch sums the samples' ``delta``: each sample's gradient is then its own, whatever the batch
+size, so sampling a batch gives what sampling its slices one at a time gives.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Callable
 import torch
 
 from ..mri import data_consistency, fft2c
-from .spaced import (EpsFn, SpacedSchedule, _randn, plain_sample, posterior_step, predict_z0,
+from .spaced import (EpsFn, Generators, SpacedSchedule, _randn, plain_sample, posterior_step, predict_z0,
                      respace)
 
 Codec = Callable[[torch.Tensor], torch.Tensor]
@@ -42,10 +43,10 @@ def latent_data_consistency(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Ten
 
 
 def kspace_residual(x0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``delta = E_batch ||(F(x0) - k_u) M||_2^2`` (eq. 10), a scalar."""
+    """``delta = sum_b ||(F(x0_b) - k_u,b) M_b||_2^2`` (eq. 10, summed over the batch), a scalar."""
     m = torch.as_tensor(mask, device=k_u.device).to(torch.float32)
     r = (fft2c(x0) - k_u) * m
-    return (r.real ** 2 + r.imag ** 2).flatten(1).sum(1).mean()
+    return (r.real ** 2 + r.imag ** 2).sum()
 
 
 def kspace_guidance(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae_decode: Codec,
@@ -61,7 +62,7 @@ def kspace_guidance(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae
 def dual_stage_sample(eps_fn: EpsFn, vae_encode: Codec, vae_decode: Codec, c_latent: torch.Tensor,
                       k_u: torch.Tensor, mask: torch.Tensor, schedule: SpacedSchedule,
                       p: int = 200, guidance_scale: float = 0.1,
-                      generator: torch.Generator | None = None,
+                      generator: Generators = None,
                       eps_mode: str = "rederive") -> torch.Tensor:
     """Sample ``x_hat`` [B, 1, H, W] given ``c_latent = E(c)`` and the measurements.
 
@@ -112,7 +113,7 @@ class DualStageSampler:
 
     def __call__(self, eps_fn: EpsFn, vae_encode: Codec, vae_decode: Codec, c_latent: torch.Tensor,
                  k_u: torch.Tensor, mask: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Generators = None) -> torch.Tensor:
         if not self.use_dss:
             return plain_sample(eps_fn, vae_decode, c_latent, self.schedule, generator)
         return dual_stage_sample(eps_fn, vae_encode, vae_decode, c_latent, k_u, mask, self.schedule,

@@ -35,16 +35,11 @@ import torch
 
 from ..models.score import VESDE
 from ..mri import data_consistency
+from .spaced import _randn
 
 PREDICTORS = ("reverse_diffusion", "ancestral")
 #: ``score_fn(x [B, 1, H, W] real, sigma [B]) -> score [B, 1, H, W]``
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _randn(shape: Sequence[int], generators: Sequence[torch.Generator],
-           device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per-slice Gaussian noise: slice ``b`` draws from ``generators[b]`` (batching-independent)."""
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generators]).to(device)
 
 
 def _dc_real(x: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,14 +67,14 @@ def score_pc_sample(score_fn: ScoreFn, k_u: torch.Tensor, mask: torch.Tensor, sd
     sigmas = sde.discrete_sigmas()
     timesteps = torch.linspace(1.0, eps, sde.N)
     with torch.no_grad():
-        x = _dc_real(sde.sigma_max * _randn(shape, gens, dev), k_u, m)
+        x = _dc_real(sde.sigma_max * _randn(shape, gens, device=dev), k_u, m)
         x_mean = x
         for i in range(sde.N):
             t = timesteps[i]
             sigma_t = sde.sigma(t).expand(b).to(device=dev, dtype=torch.float32)
             for _ in range(n_corrector):  # Langevin corrector
                 grad = score_fn(x, sigma_t)
-                noise = _randn(shape, gens, dev)
+                noise = _randn(shape, gens, device=dev)
                 g_norm = grad.reshape(b, -1).norm(dim=-1).clamp_min(1e-12)
                 n_norm = noise.reshape(b, -1).norm(dim=-1)
                 step = (2 * (snr * n_norm / g_norm) ** 2)[:, None, None, None]
@@ -93,6 +88,6 @@ def score_pc_sample(score_fn: ScoreFn, k_u: torch.Tensor, mask: torch.Tensor, sd
             x_mean = x + g2 * score_fn(x, sigma_t)
             std = torch.sqrt(g2) if predictor == "reverse_diffusion" else torch.sqrt(
                 adjacent ** 2 * g2 / sigma ** 2)
-            x = x_mean + std * _randn(shape, gens, dev)
+            x = x_mean + std * _randn(shape, gens, device=dev)
             x = _dc_real(x, k_u, m)
         return data_consistency(x_mean[:, 0], k_u, m)

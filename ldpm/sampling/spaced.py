@@ -10,10 +10,13 @@ diffusers' ``DDPMScheduler``. :func:`respace` keeps ``n`` evenly spaced original
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from diffusers import DDPMScheduler
+
+#: one generator, or one per sample of the batch (see :func:`_randn`)
+Generators = "torch.Generator | Sequence[torch.Generator] | None"
 
 #: ``eps_fn(z_t, t, c_latent) -> eps``; ``t`` is a [B] tensor of ORIGINAL timesteps in [0, T-1].
 EpsFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -96,16 +99,26 @@ def posterior_step(z_t: torch.Tensor, z0: torch.Tensor, abar_t: float, abar_prev
     return z_prev
 
 
-def _randn(shape, generator: torch.Generator | None, like: torch.Tensor | None = None,
-           device=None, dtype=torch.float32) -> torch.Tensor:
-    """Gaussian noise drawn on the generator's device (CPU by default), then moved."""
+def _randn(shape, generator: Generators,
+           like: torch.Tensor | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device (CPU by default), then moved.
+
+    ``generator`` may be one generator per sample (a sequence of ``shape[0]``): sample ``b`` is
+    then drawn from its own generator, so a batch holds the same noise as its samples drawn one
+    at a time.
+    """
+    dev = like.device if like is not None else device
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
+                            for g in generator]).to(dev)
     gdev = generator.device if generator is not None else torch.device("cpu")
-    x = torch.randn(shape, generator=generator, device=gdev, dtype=dtype)
-    return x.to(like.device if like is not None else device)
+    return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(dev)
 
 
 def plain_spaced_ddpm(eps_fn: EpsFn, shape: tuple[int, ...], schedule: SpacedSchedule,
-                      generator: torch.Generator | None = None, c_latent: torch.Tensor | None = None,
+                      generator: Generators = None, c_latent: torch.Tensor | None = None,
                       device: torch.device | str = "cpu") -> torch.Tensor:
     """Plain respaced DDPM (the "w/o DSS" ablation): ``z_T ~ N(0, I)`` -> ``z_0``. No DC, no guidance."""
     z = _randn(shape, generator, device=device)
@@ -123,7 +136,7 @@ def plain_spaced_ddpm(eps_fn: EpsFn, shape: tuple[int, ...], schedule: SpacedSch
 
 def plain_sample(eps_fn: EpsFn, vae_decode: Callable[[torch.Tensor], torch.Tensor],
                  c_latent: torch.Tensor, schedule: SpacedSchedule,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Generators = None) -> torch.Tensor:
     """:func:`plain_spaced_ddpm` conditioned on ``c_latent``, decoded: [B, 1, H, W], clipped at 0."""
     z0 = plain_spaced_ddpm(eps_fn, tuple(c_latent.shape), schedule, generator, c_latent,
                            device=c_latent.device)

@@ -1,12 +1,34 @@
 # Metrics: PSNR/SSIM/NMSE (fastMRI definitions, per volume), LPIPS, rFID, KID per method.
 
 
+REFERENCE_FEATURES = "results/metrics/reference_features.npz"
+
+
+rule reference_features:
+    """The test ground truth's Inception features, computed once for every method's rFID/KID."""
+    input:
+        data=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
+    output:
+        REFERENCE_FEATURES,
+    params:
+        inception=quoted(config["metrics"].get("inception_weights") or ""),
+    log:
+        "results/logs/evaluate/reference_features.log",
+    conda:
+        ENV
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads:q} ldpm reference-features --data {input.data:q}"
+        " --inception-weights {params.inception} --output {output:q} > {log:q} 2>&1"
+
+
 rule evaluate:
     """Score one method over all test shards; n/a with a reason where weights are missing."""
     input:
         recon=expand("results/recon/{{method}}/shard{shard}.h5", shard=SHARDS),
         data=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
         manifest=f"{DATA}/manifest.csv",
+        reference=REFERENCE_FEATURES,
     output:
         summary="results/metrics/{method}/summary.json",
         per_volume="results/metrics/{method}/per_volume.csv",
@@ -26,7 +48,7 @@ rule evaluate:
         "OMP_NUM_THREADS={threads:q} ldpm evaluate --method {wildcards.method:q} --recon {input.recon:q}"
         " --data {input.data:q} --manifest {input.manifest:q} --out-dir results/metrics/{wildcards.method:q}"
         " --lpips-backbone {params.lpips} --inception-weights {params.inception}"
-        " --kid-subset-size {params.kid:q} > {log:q} 2>&1"
+        " --kid-subset-size {params.kid:q} --reference-features {input.reference:q} > {log:q} 2>&1"
 
 
 rule val_score:

@@ -73,6 +73,7 @@ rule evaluate_vae:
     input:
         recon="results/vae_recon/{kind}.h5",
         manifest=f"{DATA}/manifest.csv",
+        reference=REFERENCE_FEATURES,
     output:
         summary="results/metrics/vae_{kind}/summary.json",
         per_volume="results/metrics/vae_{kind}/per_volume.csv",
@@ -92,7 +93,7 @@ rule evaluate_vae:
         "OMP_NUM_THREADS={threads:q} ldpm evaluate --method vae_{wildcards.kind:q} --recon {input.recon:q}"
         " --data {input.recon:q} --manifest {input.manifest:q} --out-dir results/metrics/vae_{wildcards.kind:q}"
         " --lpips-backbone {params.lpips} --inception-weights {params.inception}"
-        " --kid-subset-size {params.kid:q} > {log:q} 2>&1"
+        " --kid-subset-size {params.kid:q} --reference-features {input.reference:q} > {log:q} 2>&1"
 
 
 rule report:
