@@ -24,6 +24,18 @@ TINY_TWO_METHODS = {
 }
 
 
+def workflow_rules() -> set[str]:
+    """Every rule name of the workflow: ``rule NAME:`` and ``use rule X as NAME``."""
+    import re
+
+    rules: set[str] = set()
+    for smk in (Path(__file__).resolve().parents[1] / "workflow" / "rules").glob("*.smk"):
+        text = smk.read_text()
+        rules |= set(re.findall(r"^\s*rule (\w+):", text, flags=re.M))
+        rules |= set(re.findall(r"^\s*use rule \w+ as (\w+)", text, flags=re.M))
+    return rules
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread: tiny models on a small shared machine run many times faster."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_TWO_METHODS
+from conftest import TINY_TWO_METHODS, workflow_rules
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -70,9 +70,7 @@ def outs_of_dvc_yaml() -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- fast checks
 def test_dvc_yaml_names_existing_rules_and_persists_every_out():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    rules = set()
-    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        rules |= set(re.findall(r"^\s*rule (\w+):", smk.read_text(), flags=re.M))
+    rules = workflow_rules()
     for name, stage in stages.items():
         m = re.search(r"--omit-from ([\w ]+)", stage["cmd"])
         omitted = set(m.group(1).split()) if m else set()
@@ -86,9 +84,9 @@ def test_dvc_yaml_names_existing_rules_and_persists_every_out():
 #: the rules whose outputs each DVC stage owns, in pipeline order (every rule has one owner)
 STAGE_RULES = {
     "data": {"embedded_subject", "preprocess", "manifest", "test_shard"},
-    "train": {"train", "diffcode_train"},
+    "train": {"train", "train_baseline", "diffcode_train"},
     "recon": {"reconstruct", "vae_recon"},
-    "metrics": {"evaluate", "evaluate_vae", "diffcode_evaluate"},
+    "metrics": {"reference_features", "evaluate", "evaluate_vae", "diffcode_evaluate"},
     "report": {"report", "lora_table", "diffcode_report", "provenance", "all"},
 }
 #: tuning on the val split (docs/tuning.md): not a shared artefact, so no DVC stage owns it
@@ -108,8 +106,8 @@ def copy_working_tree(dest: Path) -> Path:
 
 
 def test_each_dvc_stage_runs_only_its_own_and_upstream_rules(tmp_path):
-    """With the default config (DiffCode and LoRA studies on), each stage's command, dry-run
-    from nothing, plans its own rules and those of earlier stages, never a later stage's."""
+    """With the default config and both studies on (DiffCode, LoRA), each stage's command,
+    dry-run from nothing, plans its own rules and those of earlier stages, never a later stage's."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(STAGE_RULES)
     listed = {line.split()[0] for line in run([SNAKEMAKE, "--list-rules"], REPO).splitlines()
@@ -117,6 +115,9 @@ def test_each_dvc_stage_runs_only_its_own_and_upstream_rules(tmp_path):
     owned = set().union(*STAGE_RULES.values())
     assert listed - TUNING_RULES <= owned, f"rules no DVC stage owns: {listed - owned - TUNING_RULES}"
     src = copy_working_tree(tmp_path / "tree")
+    cfg_path = src / "config" / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("diffcode:\n  enabled: false", "diffcode:\n  enabled: true"))
+    assert "diffcode:\n  enabled: true" in cfg_path.read_text()
     allowed: set[str] = set()
     for name, stage in stages.items():
         allowed |= STAGE_RULES[name]

@@ -76,8 +76,8 @@ def test_training_and_reconstruction_apply_the_same_normalisation(monkeypatch, i
     k_u = measure(images[:, 0].numpy(), masks)
     monkeypatch.setattr(ml, "load_ldpm", lambda *a, **k: parts)
     opts = {"n_steps": 2, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive", "slice_seeds": [1, 2, 3]}
-    ml.ldpm_reconstruct(k_u, masks, {}, opts)
-    assert len(seen) == 2 + 3  # two training batches, then one call per test slice
+    ml.ldpm_reconstruct(k_u, masks, {}, {**opts, "batch_size": 2})
+    assert [len(x) for x in seen] == [3, 3, 2, 1]  # two training batches, then the test slices in batches of 2
     for x in seen:
         torch.testing.assert_close(_per_sample_max(x), torch.ones(len(x)), rtol=1e-5, atol=1e-6)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_TWO_METHODS
+from conftest import TINY_TWO_METHODS, workflow_rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "slurm"))
 from minicluster import ACCOUNT, PARTITION, MiniSlurm, ensure_installed
@@ -37,13 +37,6 @@ GPU_MODEL = "a100"
 
 
 # --------------------------------------------------------------------------- fast checks
-def _rules() -> set[str]:
-    rules = set()
-    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        rules |= set(re.findall(r"^\s*rule (\w+):", smk.read_text(), flags=re.M))
-    return rules
-
-
 def _parsed_profile(env: dict[str, str]) -> dict:
     """The profile as Snakemake reads it (YTE evaluated) under the given environment."""
     from snakemake.profiles import ProfileConfigFileParser
@@ -63,7 +56,7 @@ def _parsed_profile(env: dict[str, str]) -> dict:
 def test_profile_names_only_rules_of_the_workflow():
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     named = set(profile["set-resources"]) | set(profile["set-threads"])
-    assert named <= _rules(), f"profile names unknown rules: {named - _rules()}"
+    assert named <= workflow_rules(), f"profile names unknown rules: {named - workflow_rules()}"
     for rule, res in profile["set-resources"].items():
         assert not ({"gpu", "gpu_model"} & set(res) and "gres" in res), rule  # both reach sbatch
     assert {"train", "reconstruct"} <= {r for r, res in profile["set-resources"].items()

@@ -30,20 +30,20 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
                   "num_heads": [3, 3, 3], "window_size": 8, "mlp_ratio": 2.0, "unshuffle_scale": 2,
                   "img_range": 1.0},
         "lr": 1e-3, "lr_schedule": "cosine", "warmup": 20, "batch_size": 4, "crop": 64,
-        "n_steps": 1500, "epochs": None, "ckpt_every": 100,
+        "n_steps": 1000, "epochs": None, "ckpt_every": 100,
     },
     # the VAE MR-VAE starts from when there are no SD weights: trained on natural photographs
     # (ldpm.data.natural), as SD's VAE was, with eq. 5's loss (GAN off: disc_start null)
     "vae_natural": {
         "model": _VAE_MODEL, "lr": 2e-3, "lr_schedule": "cosine", "warmup": 20, "disc_lr": 2e-4,
-        "betas": [0.5, 0.9], "batch_size": 8, "crop": 64, "n_steps": 300, "epochs": None,
+        "betas": [0.5, 0.9], "batch_size": 8, "crop": 64, "n_steps": 200, "epochs": None,
         "ckpt_every": 100, "loss_weights": _VAE_LOSS, "disc": {"ndf": 16, "n_layers": 2},
         "disc_start": None, "fit_scaling_factor": True,
     },
     "vae": {
         "model": _VAE_MODEL,  # used only without an initial VAE (vae_natural or SD's)
         "lr": 2e-3, "lr_schedule": "cosine", "warmup": 20, "disc_lr": 2e-4, "betas": [0.5, 0.9],
-        "batch_size": 8, "crop": 64, "n_steps": 700, "epochs": None, "ckpt_every": 100,
+        "batch_size": 8, "crop": 64, "n_steps": 450, "epochs": None, "ckpt_every": 100,
         # the GAN term of eq. 5 is off (disc_start null): at this scale it cost 1.4 dB on val even
         # in the last 150 of 1,000 steps (docs/tuning.md); the paper preset starts it at step 0
         "loss_weights": _VAE_LOSS, "disc": {"ndf": 16, "n_layers": 2}, "disc_start": None,
@@ -60,13 +60,13 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
                   "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 16,
                   "latent_channels": 4},
         "lr": 1e-3, "lr_schedule": "cosine", "warmup": 20, "batch_size": 8, "crop": None,
-        "flip": True, "n_steps": 500, "epochs": None, "ckpt_every": 100,
+        "flip": True, "n_steps": 400, "epochs": None, "ckpt_every": 100,
     },
     "controlnet": {
         # n_masks: each step draws from 8 seeded masks per training image whose Sketcher output
         # and latents were computed once (the frozen Sketcher dominated the step: 1.35 of 1.8 s)
         "lr": 1e-3, "lr_schedule": "cosine", "warmup": 20, "batch_size": 4, "crop": None,
-        "n_masks": 8, "n_steps": 1500, "epochs": None, "ckpt_every": 100,
+        "n_masks": 4, "n_steps": 1000, "epochs": None, "ckpt_every": 100,
     },
 }
 

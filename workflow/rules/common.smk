@@ -6,7 +6,7 @@
 import json
 import shlex
 
-from ldpm.methods import MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
+from ldpm.methods import BASELINES, MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
 from ldpm.methods_lora import study_methods
 
 # `config` was validated by the Snakefile (ldpm.config.validate_config) before this file.
@@ -16,13 +16,16 @@ NOTEBOOKS = REPO / "workflow" / "notebooks"
 DATA = "results/data"
 SHARDS = list(range(config["inference"]["n_shards"]))
 METHODS = config["methods"]
-# the LoRA study's rows (issue #9; [] when lora.enabled is false) are reconstructed like any method
+# the LoRA study's rows ([] when lora.enabled is false) are reconstructed like any method
 LORA_METHODS = study_methods(config)
 RECON_METHODS = list(dict.fromkeys(METHODS + LORA_METHODS))
 WITH_SD = bool(config["pretrained"].get("sd_path"))
 TRAIN_STAGES = sorted({s for m in RECON_METHODS for s in method_stages(m, WITH_SD)}
                       | {d for m in RECON_METHODS for s in method_stages(m, WITH_SD)
                          for d in stage_dependencies(s, WITH_SD)})
+# the baselines' stages train in `train_baseline`, the rest (LDPM's chain, the LoRA adapters) in `train`
+BASELINE_STAGES = [s for s in TRAIN_STAGES if s in BASELINES]
+CHAIN_STAGES = [s for s in TRAIN_STAGES if s not in BASELINES]
 
 
 def _volumes():

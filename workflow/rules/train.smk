@@ -10,7 +10,7 @@ rule train:
     output:
         directory("results/models/{stage}/final"),
     wildcard_constraints:
-        stage="|".join(TRAIN_STAGES),
+        stage="|".join(CHAIN_STAGES) or "^$",
     params:
         overrides=lambda wc: as_json(config["train"]["stages"].get(wc.stage, {})),
         deps=lambda wc: named_args("--dep", ((d, f"results/models/{d}")
@@ -28,8 +28,8 @@ rule train:
     # one thread per job: on a small machine two 1-thread jobs beat one 2-thread job, and torch
     # with more threads than free cores slows down many-fold (clusters: set-threads in the profile)
     threads: 1
-    # LDPM's training chain is the DAG's critical path: schedule it before the studies' jobs
-    priority: 20
+    # LDPM's training chain is the DAG's critical path: schedule it before everything else
+    priority: 30
     resources:
         gpu=1,
         mem_mb=16000,
@@ -42,3 +42,10 @@ rule train:
         " --preset {params.preset:q} --pretrained {params.pretrained} --masks {params.masks}"
         " --seed {params.seed:q}"
         " > {log:q} 2>&1"
+
+
+# The baselines train as `train` does, after LDPM's chain has the cores it needs.
+use rule train as train_baseline with:
+    wildcard_constraints:
+        stage="|".join(BASELINE_STAGES) or "^$",
+    priority: 20
