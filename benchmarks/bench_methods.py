@@ -1,12 +1,18 @@
 """Seconds per slice of every reconstruction method, measured in one process on one slice.
 
     python benchmarks/bench_methods.py [--size 128] [--repeats 3] [--device cpu|cuda] [--preset default]
+        [--batch-sizes 1 4 8] [--profile]
 
 Reference: LDPM's Dual-Stage Sampler. Printed: median seconds per slice of each method, the
 ratio to one plain respaced-DDPM run of the same LDPM networks (the w/o DSS path), the ratio of
 Score-MRI's time to LDPM's (the paper's claim: latent diffusion is cheaper than pixel-space
 diffusion), and peak memory. Networks are built at the preset's sizes with seeded random
 weights: time per slice does not depend on the weights' values, so nothing is trained here.
+
+``--batch-sizes``: LDPM's seconds per slice when B slices are sampled at once (each with its own
+seeded noise), and the ratio to B = 1. ``--profile``: one DSS reconstruction split into the
+denoiser + control branch, VAE decode, VAE encode (eq. 9 steps) and the decoder's backward
+(eq. 10-11 steps), each with its number of calls.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", choices=["default", "paper"], default="default")
     ap.add_argument("--steps", type=int, default=None, help="DSS steps (default: the preset's)")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                    help="also time LDPM with these many slices sampled at once")
+    ap.add_argument("--profile", action="store_true", help="split one DSS reconstruction by part")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -94,6 +103,61 @@ def main() -> None:
             c_latent = enc(sketcher(x_u, k, m))
         sampler(mrcn, enc, dec, c_latent, k, m, generator=torch.Generator().manual_seed(0))
 
+    def ldpm_batch(b: int) -> None:
+        kb, mb, xb = (t.expand(b, *t.shape[1:]) for t in (k, m, x_u))
+        sampler = DualStageSampler(n_steps=n_steps)
+        with torch.no_grad():
+            c_latent = enc(sketcher(xb, kb, mb))
+        sampler(mrcn, enc, dec, c_latent, kb, mb,
+                generator=[torch.Generator().manual_seed(i) for i in range(b)])
+
+    def profile_dss() -> dict[str, tuple[float, int]]:
+        """Seconds and calls of each part of one DSS reconstruction (wall clock, synchronised)."""
+        import ldpm.sampling.dual_stage as ds
+
+        clock = {"denoiser + control branch": [0.0, 0], "VAE decode (forward)": [0.0, 0],
+                 "VAE encode (eq. 9)": [0.0, 0], "decoder backward (eq. 10-11)": [0.0, 0]}
+
+        def sync() -> None:
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+
+        def clocked(name, fn):
+            def run(*args, **kw):
+                sync()
+                t0 = time.perf_counter()
+                out = fn(*args, **kw)
+                sync()
+                clock[name][0] += time.perf_counter() - t0
+                clock[name][1] += 1
+                return out
+            return run
+
+        real_guidance = ds.kspace_guidance
+
+        def guidance(z0, k_u, mask, vae_decode, g):
+            before = clock["VAE decode (forward)"][0]
+            sync()
+            t0 = time.perf_counter()
+            out = real_guidance(z0, k_u, mask, vae_decode, g)
+            sync()
+            decode_part = clock["VAE decode (forward)"][0] - before
+            clock["decoder backward (eq. 10-11)"][0] += time.perf_counter() - t0 - decode_part
+            clock["decoder backward (eq. 10-11)"][1] += 1
+            return out
+
+        ds.kspace_guidance = guidance
+        try:
+            sampler = DualStageSampler(n_steps=n_steps)
+            with torch.no_grad():
+                c_latent = enc(sketcher(x_u, k, m))
+            sampler(clocked("denoiser + control branch", mrcn), clocked("VAE encode (eq. 9)", enc),
+                    clocked("VAE decode (forward)", dec), c_latent, k, m,
+                    generator=torch.Generator().manual_seed(0))
+        finally:
+            ds.kspace_guidance = real_guidance
+        return {name: (sec, calls) for name, (sec, calls) in clock.items()}
+
     rows = {"LDPM (DSS)": timed(partial(ldpm, True), a.repeats, a.device),
             "plain spaced DDPM (same nets)": timed(partial(ldpm, False), a.repeats, a.device)}
     configs = DEFAULT_CONFIGS if a.preset == "default" else PAPER_CONFIGS
@@ -111,6 +175,18 @@ def main() -> None:
     print(f"DSS / plain spaced DDPM: {ref / rows['plain spaced DDPM (same nets)']:.2f}")
     print(f"Score-MRI / LDPM: {rows['score_mri'] / ref:.2f} "
           f"(Score-MRI at N={configs['score_mri']['sampler']['n_steps']})")
+    if a.batch_sizes:
+        per_slice = {b: timed(partial(ldpm_batch, b), a.repeats, a.device) / b for b in a.batch_sizes}
+        base = per_slice.get(1) or per_slice[min(per_slice)]
+        print(f"{'LDPM, B slices at once':32s} {'s/slice':>10s} {'speed-up':>14s}")
+        for b, sec in per_slice.items():
+            print(f"{'B = ' + str(b):32s} {sec:10.3f} {base / sec:14.2f}")
+    if a.profile:
+        parts = profile_dss()
+        total = sum(sec for sec, _ in parts.values())
+        print(f"{'one DSS reconstruction':32s} {'s':>10s} {'calls':>6s} {'share':>7s}")
+        for name, (sec, calls) in parts.items():
+            print(f"{name:32s} {sec:10.3f} {calls:6d} {sec / total:7.1%}")
     print(f"peak memory: {peak_memory_mb(a.device):.0f} MiB ({'GPU' if a.device == 'cuda' else 'RSS'})")
 
 

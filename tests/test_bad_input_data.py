@@ -19,7 +19,7 @@ from ldpm.data.store import raw_sources
 from ldpm.errors import LdpmInputError
 
 MANIFEST_ROW = {"volume": "vol_a", "slice": 0, "subject": "s0", "anatomy": "brain",
-                "contrast": "T1", "field_strength": 3.0, "volume_max": 1.0,
+                "contrast": "T1", "field_strength": 3.0, "crop_width": 16, "volume_max": 1.0,
                 "store": "vol_a.h5", "split": "test"}
 
 
@@ -117,7 +117,7 @@ def _store(path: Path, volume_max: float = 1.0, target=None) -> Path:
         f["target"] = np.ones((2, 16, 16), np.float32) if target is None else target
         f["slice_index"] = np.arange(2, dtype=np.int64)
         f.attrs.update({"volume": path.stem, "source_file": "raw.h5", "anatomy": "brain",
-                        "contrast": "T1", "field_strength": 3.0, "subject": "s0",
+                        "contrast": "T1", "field_strength": 3.0, "subject": "s0", "crop_width": 16,
                         "volume_max": volume_max})
     return path
 

@@ -100,8 +100,8 @@ BAD_INPUTS = {
     "inf": (_with_nan(np.inf), "NaN or inf"),
     "too_few_slices": (lambda make, tmp: make("file_brain_AXT2_few.h5", n_slices=3),
                        "at least 4 are needed"),
-    "smaller_than_crop": (lambda make, tmp: make("file_brain_AXT2_small.h5", shape=(32, 12)),
-                          "smaller than the 16x16 crop"),
+    "far_smaller_than_crop": (lambda make, tmp: make("file_brain_AXT2_small.h5", shape=(32, 3)),
+                              "less than a quarter of the 16x16 crop"),
     "no_header": (lambda make, tmp: make("file_brain_AXT2_nohdr.h5", header=""),
                   "no 'ismrmrd_header'"),
     "bad_header": (lambda make, tmp: make("file_brain_AXT2_badhdr.h5", header="<ismrmrd"),
@@ -147,3 +147,34 @@ def test_list_volumes_errors(tmp_path, make_fastmri_file):
     make_fastmri_file("dup/x.h5")
     with pytest.raises(LdpmInputError, match="two files named x.h5"):
         list_volumes(tmp_path)
+
+
+def test_a_volume_narrower_than_the_crop_is_cropped_to_its_width(make_fastmri_file, tmp_path):
+    """As fastMRI's transforms do for narrow volumes ("FLAIR 203"): the square centre crop of the
+    image's own width, zero-padded back to the crop size; the store and manifest say so."""
+    import pandas as pd
+
+    from ldpm.data import build_manifest
+    from ldpm.data.store import read_manifest
+
+    narrow = make_fastmri_file("file_brain_AXFLAIR_narrow.h5", shape=(32, 12))
+    vol = read_volume(narrow, crop_size=16, drop_last_slices=3)
+    assert vol.targets.shape == (2, 16, 16) and vol.meta["crop_width"] == 12
+    with h5py.File(narrow) as f:
+        image = rss(ifft2c(f["kspace"][0]), coil_axis=0)
+    np.testing.assert_allclose(vol.targets[0, 2:14, 2:14], center_crop(image, (12, 12)), rtol=1e-5)
+    assert not vol.targets[0, :2].any() and not vol.targets[0, :, 14:].any()
+
+    wide = make_fastmri_file("file_brain_AXT2_wide.h5", patient_id="p002")
+    stores = [preprocess_volume(p, tmp_path / "stores" / f"{p.stem}.h5", 16, 3) for p in (narrow, wide)]
+    with h5py.File(stores[0]) as f:
+        assert int(f.attrs["crop_width"]) == 12
+    build_manifest(stores, tmp_path / "manifest.csv", {"train": 1.0, "val": 0.0, "test": 0.0}, seed=0)
+    df = read_manifest(tmp_path / "manifest.csv")
+    widths = df.drop_duplicates("volume").set_index("volume")["crop_width"].to_dict()
+    assert widths == {"file_brain_AXFLAIR_narrow": 12, "file_brain_AXT2_wide": 16}
+    raw = pd.read_csv(tmp_path / "manifest.csv").astype({"crop_width": object})
+    raw.loc[0, "crop_width"] = "twelve"
+    raw.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(LdpmInputError, match="crop_width 'twelve', not a positive integer"):
+        read_manifest(tmp_path / "bad.csv")

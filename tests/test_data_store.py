@@ -55,7 +55,7 @@ def test_store_contents(stores):
 def test_manifest_split_by_subject_and_stratified(manifest, stores):
     df = pd.read_csv(manifest)
     assert list(df.columns) == ["volume", "slice", "subject", "anatomy", "contrast",
-                                "field_strength", "volume_max", "store", "split"]
+                                "field_strength", "crop_width", "volume_max", "store", "split"]
     assert len(df) == 2 * len(stores)
     assert (df.groupby("subject")["split"].nunique() == 1).all()  # no subject in two splits
     per_group = df.drop_duplicates("subject").groupby(["field_strength", "split"]).size()

@@ -84,7 +84,7 @@ def test_dvc_yaml_names_existing_rules_and_persists_every_out():
 #: the rules whose outputs each DVC stage owns, in pipeline order (every rule has one owner)
 STAGE_RULES = {
     "data": {"embedded_subject", "preprocess", "manifest", "test_shard"},
-    "train": {"train", "train_baseline", "diffcode_train"},
+    "train": {"train", "train_baseline", "train_controlnet", "diffcode_train"},
     "recon": {"reconstruct", "vae_recon"},
     "metrics": {"reference_features", "evaluate", "evaluate_vae", "diffcode_evaluate"},
     "report": {"report", "lora_table", "diffcode_report", "provenance", "all"},
@@ -116,8 +116,11 @@ def test_each_dvc_stage_runs_only_its_own_and_upstream_rules(tmp_path):
     assert listed - TUNING_RULES <= owned, f"rules no DVC stage owns: {listed - owned - TUNING_RULES}"
     src = copy_working_tree(tmp_path / "tree")
     cfg_path = src / "config" / "config.yaml"
-    cfg_path.write_text(cfg_path.read_text().replace("diffcode:\n  enabled: false", "diffcode:\n  enabled: true"))
-    assert "diffcode:\n  enabled: true" in cfg_path.read_text()
+    text = cfg_path.read_text()
+    for study in ("diffcode", "lora"):
+        text = re.sub(rf"^{study}:\n  enabled: false", f"{study}:\n  enabled: true", text, flags=re.M)
+        assert f"{study}:\n  enabled: true" in text
+    cfg_path.write_text(text)
     allowed: set[str] = set()
     for name, stage in stages.items():
         allowed |= STAGE_RULES[name]

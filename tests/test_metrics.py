@@ -220,7 +220,7 @@ def shards(tmp_path):
         paths["data"].append(d)
         paths["recon"].append(r)
     rows = [{"volume": v, "slice": s, "subject": f"sub_{v[-1]}", "anatomy": "brain", "contrast": "T1",
-             "field_strength": 3.0, "volume_max": 1.0, "store": "x.h5", "split": "test"}
+             "field_strength": 3.0, "crop_width": 32, "volume_max": 1.0, "store": "x.h5", "split": "test"}
             for v, s in zip(vols, sl)]
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)

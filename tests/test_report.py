@@ -262,7 +262,7 @@ def test_vae_recon_cli_and_its_evaluation(tmp_path):
                   volume_max=np.array([vmax[v] for v, _ in keys], np.float32),
                   mask=np.stack([mask_for_slice(v, s, 16, 4) for v, s in keys]).astype(np.float32))
         rows += [{"volume": v, "slice": s, "subject": v, "anatomy": "brain", "contrast": "T1",
-                  "field_strength": 3.0, "volume_max": vmax[v], "store": "x", "split": "test"} for v, s in keys]
+                  "field_strength": 3.0, "crop_width": 16, "volume_max": vmax[v], "store": "x", "split": "test"} for v, s in keys]
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
     outs = {k: tmp_path / "vae_recon" / f"{k}.h5" for k in ("mr", "untuned")}
     argv = ["vae-recon", "--data", *map(str, shards), "--vae-dir", str(tmp_path / "vae"), "--sd-path", "",

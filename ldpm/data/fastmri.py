@@ -39,10 +39,23 @@ class VolumeSlices:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def crop_width(height: int, width: int, crop_size: int) -> int:
+    """The side of the square centre crop of an ``height x width`` image: ``crop_size``, or the
+    image's own width (height) where it is narrower, as fastMRI's transforms crop their narrow
+    volumes (the "FLAIR 203" case)."""
+    return min(int(crop_size), int(height), int(width))
+
+
 def rss_target(kspace_slice: np.ndarray, crop_size: int) -> np.ndarray:
-    """fastMRI's ``reconstruction_rss`` of one slice ([coils, H, W] k-space), float32."""
+    """fastMRI's ``reconstruction_rss`` of one slice ([coils, H, W] k-space), float32
+    [crop_size, crop_size]: the centre crop of side :func:`crop_width`, zero-padded back to
+    ``crop_size`` where the image is narrower (so every slice has the same size)."""
     image = rss(ifft2c(kspace_slice), coil_axis=0)
-    return np.ascontiguousarray(center_crop(image, (crop_size, crop_size)), dtype=np.float32)
+    side = crop_width(*image.shape[-2:], crop_size)
+    out = np.zeros((crop_size, crop_size), dtype=np.float32)
+    start = (crop_size - side) // 2
+    out[start:start + side, start:start + side] = center_crop(image, (side, side))
+    return out
 
 
 def check_field_strength(tesla: float, where: str) -> float:
@@ -140,8 +153,8 @@ def _check_kspace(ks: Any, path: Path, crop_size: int, drop_last_slices: int) ->
         raise LdpmInputError(path, f"kspace has {n_slices} slices; at least "
                              f"{drop_last_slices + 1} are needed (the last {drop_last_slices} "
                              "are dropped)", "remove this volume or lower data.drop_last_slices")
-    if height < crop_size or width < crop_size:
-        raise LdpmInputError(path, f"image is {height}x{width}, smaller than the "
+    if crop_width(height, width, crop_size) < crop_size // 4:
+        raise LdpmInputError(path, f"image is {height}x{width}, less than a quarter of the "
                              f"{crop_size}x{crop_size} crop", "lower data.crop_size")
 
 
@@ -215,6 +228,7 @@ def _read_open_file(f: h5py.File, path: Path, crop_size: int,
         "volume": path.stem, "source_file": str(path), "anatomy": anatomy,
         "contrast": contrast, "field_strength": round_field_strength(field_t),
         "subject": subject or path.stem, "acquisition": acquisition,
+        "crop_width": crop_width(*ks.shape[-2:], crop_size),
     }
     return VolumeSlices(targets, np.arange(n_keep, dtype=np.int64), meta)
 

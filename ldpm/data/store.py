@@ -3,7 +3,9 @@
 Formats (all HDF5 written atomically, see :mod:`ldpm.io`):
 
 * slice store (one per volume): ``target`` [N, H, W] float32, ``slice_index`` [N] int64;
-  attrs volume, source_file, anatomy, contrast, field_strength, subject, volume_max.
+  attrs volume, source_file, anatomy, contrast, field_strength, subject, crop_width (the
+  side of the square centre crop: ``data.crop_size``, or narrower for a volume narrower than
+  it, zero-padded to the crop size), volume_max.
   ``source_file`` is the raw file as preprocessing was given it: an absolute path stays
   absolute, a relative one is written relative to the store's own folder.
 * manifest CSV: one row per slice with columns :data:`MANIFEST_COLUMNS`; ``store`` is
@@ -32,9 +34,10 @@ from ..mri import mask_for_slice
 from .fastmri import read_volume
 
 MANIFEST_COLUMNS = ["volume", "slice", "subject", "anatomy", "contrast", "field_strength",
-                    "volume_max", "store", "split"]
+                    "crop_width", "volume_max", "store", "split"]
 SPLITS = ("train", "val", "test")
-_STORE_ATTRS = ("volume", "source_file", "anatomy", "contrast", "field_strength", "subject")
+_STORE_ATTRS = ("volume", "source_file", "anatomy", "contrast", "field_strength", "subject",
+                "crop_width")
 _STR = h5py.string_dtype("utf-8")
 _REBUILD_STORE = "rebuild it with the preprocess step (ldpm preprocess)"
 _REBUILD_SHARD = "rebuild it with the test-shard step (ldpm test-shard)"
@@ -86,7 +89,7 @@ def _store_rows(store: Path, manifest_dir: Path) -> list[dict[str, Any]]:
     stored = _relative_to(store, manifest_dir)
     return [{"volume": str(attrs["volume"]), "slice": int(s), "subject": str(attrs["subject"]),
              "anatomy": str(attrs["anatomy"]), "contrast": str(attrs["contrast"]),
-             "field_strength": float(attrs["field_strength"]),
+             "field_strength": float(attrs["field_strength"]), "crop_width": int(attrs["crop_width"]),
              "volume_max": float(attrs["volume_max"]), "store": stored} for s in slices]
 
 
@@ -175,16 +178,18 @@ def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
         if df[col].isna().any():
             row = int(np.flatnonzero(df[col].isna())[0])
             raise LdpmInputError(path, f"line {row + 2} has no {col}", fix)
-    for col in ("slice", "field_strength", "volume_max"):
+    for col in ("slice", "crop_width", "field_strength", "volume_max"):
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-        bad = (values != np.round(values)) | (values < 0) if col == "slice" else ~(values > 0)
+        integer = col in ("slice", "crop_width")
+        bad = (values != np.round(values)) if integer else np.zeros(len(values), bool)
+        bad |= (values < 0) if col == "slice" else ~(values > 0)
         bad |= ~np.isfinite(values)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            kind = "slice index" if col == "slice" else "positive number"
+            kind = {"slice": "slice index", "crop_width": "positive integer"}.get(col, "positive number")
             raise LdpmInputError(path, f"line {row + 2} (volume {df['volume'].iloc[row]}) has "
                                  f"{col} {str(df[col].iloc[row])!r}, not a {kind}", fix)
-        df[col] = values.astype(np.int64) if col == "slice" else values
+        df[col] = values.astype(np.int64) if integer else values
     unknown = sorted(set(df["split"]) - set(SPLITS))
     if unknown:
         raise LdpmInputError(path, f"unknown split(s) {unknown}", f"{fix}; splits are {SPLITS}")

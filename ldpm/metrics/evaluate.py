@@ -32,8 +32,6 @@ from ldpm.metrics.perceptual import MetricUnavailable, MetricValue, inception_fe
 
 PIXEL_METRICS = ("psnr", "ssim", "nmse")
 VOLUME_META = ("subject", "anatomy", "contrast", "field_strength")
-MANIFEST_COLUMNS = ("volume", "slice", "subject", "anatomy", "contrast", "field_strength",
-                    "volume_max", "store", "split")
 
 DEFINITIONS = (
     "psnr/ssim/nmse: computed per volume exactly as fastMRI's evaluate.py (data range = the ground-truth "

@@ -115,10 +115,10 @@ def vae_recon_test_set(shard_paths: Sequence[str | Path], vae_dir: str | Path, s
                              f"give --output KIND=FILE for KIND in {list(VAE_KINDS)}")
     data = _read_test_shards([Path(p) for p in shard_paths])
     from ..methods import measure
-    from ..mri import zero_filled
+    from ..mri import measurement_scale, zero_filled
 
-    x_u = np.abs(zero_filled(measure(data["target"], data["mask"])))
-    scale = np.maximum(x_u.reshape(len(x_u), -1).max(1), 1e-12).astype(np.float32)[:, None, None]
+    x_u = torch.from_numpy(np.abs(zero_filled(measure(data["target"], data["mask"]))))[:, None]
+    scale = measurement_scale(x_u)[:, 0].numpy().astype(np.float32)   # [N, 1, 1]
     x = (data["target"] / scale).astype(np.float32)
     untuned_dir = Path(untuned_dir) if untuned_dir else None
     written = {}

@@ -78,15 +78,16 @@ def check_checkpoint_folder(folder: str | Path, fix: str) -> None:
 
 
 @contextlib.contextmanager
-def loading_checkpoint(path: str | Path, fix: str) -> Iterator[None]:
+def loading_checkpoint(path: str | Path, fix: str, problem: str = "cannot be loaded") -> Iterator[None]:
     """Turn any error of loading the checkpoint ``path`` (a file or a ``final/`` folder) into one
-    :class:`LdpmInputError` naming it; :class:`LdpmInputError` and ``PermissionError`` pass."""
+    :class:`LdpmInputError` naming it (``"<path>: <problem> (<reason>)"``);
+    :class:`LdpmInputError` and ``PermissionError`` pass."""
     try:
         yield
     except (LdpmInputError, PermissionError):
         raise
-    except Exception as e:  # noqa: BLE001 - a config or state dict that does not fit the model
-        raise LdpmInputError(path, f"cannot be loaded ({error_reason(e)})", fix) from e
+    except Exception as e:  # noqa: BLE001 - truncated or junk files, foreign pickles, misfit state dicts
+        raise LdpmInputError(path, f"{problem} ({error_reason(e)})", fix) from e
 
 
 def load_sd_component(cls: type[T], sd_path: str | Path, subfolder: str) -> T:

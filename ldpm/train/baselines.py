@@ -136,6 +136,16 @@ def sde_of(cfg: Mapping[str, Any], n_steps: int | None = None) -> VESDE:
     return VESDE(float(sde.get("sigma_min", 0.01)), float(sde.get("sigma_max", 378.0)), int(n))
 
 
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """``ema <- d ema + (1 - d) model`` with ``d = min(decay, (1 + step) / (10 + step))``: the
+    usual warm-up (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so that a
+    short training does not keep the initial weights in its average."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - d)
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches and losses
 
@@ -244,9 +254,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         opt.step()
         if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1.0 - ema_decay)
+            ema_update(ema, model, ema_decay, step)
         return out
 
     def save_final(d: Path) -> None:

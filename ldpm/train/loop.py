@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LdpmInputError
 from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
-from ..models.pretrained import (check_checkpoint_folder, error_reason, loading_checkpoint,
+from ..models.pretrained import (check_checkpoint_folder, loading_checkpoint,
                                  read_json_file)
 from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
 from .runtime import Runtime
@@ -247,15 +247,10 @@ def remove_stale_checkpoint_temps(ckpt_dir: Path) -> list[Path]:
 def _load_last(last: Path) -> dict[str, Any]:
     """The checkpoint dict in ``last`` (``weights_only``); one error naming it if unreadable."""
     fix = f"delete {last} to train the stage from step 0 (or restore an intact copy)"
-    try:
+    with loading_checkpoint(last, fix, "is not a readable training checkpoint"):
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the file is refused anyway
             warnings.simplefilter("ignore")
             ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise
-    except Exception as e:  # noqa: BLE001 - truncated, junk or foreign pickles alike
-        raise LdpmInputError(last, f"is not a readable training checkpoint ({error_reason(e)})",
-                             fix) from e
     keys = ("stage", "seed", "step", "rows", "modules", "optimizers")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
         raise LdpmInputError(last, f"is not a training checkpoint of ldpm (needs keys "

@@ -23,9 +23,10 @@ WITH_SD = bool(config["pretrained"].get("sd_path"))
 TRAIN_STAGES = sorted({s for m in RECON_METHODS for s in method_stages(m, WITH_SD)}
                       | {d for m in RECON_METHODS for s in method_stages(m, WITH_SD)
                          for d in stage_dependencies(s, WITH_SD)})
-# the baselines' stages train in `train_baseline`, the rest (LDPM's chain, the LoRA adapters) in `train`
+# the baselines' stages train in `train_baseline`, the control branch in `train_controlnet`, the
+# rest (LDPM's chain before it, the LoRA adapters) in `train`
 BASELINE_STAGES = [s for s in TRAIN_STAGES if s in BASELINES]
-CHAIN_STAGES = [s for s in TRAIN_STAGES if s not in BASELINES]
+CHAIN_STAGES = [s for s in TRAIN_STAGES if s not in BASELINES and s != "controlnet"]
 
 
 def _volumes():

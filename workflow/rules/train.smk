@@ -49,3 +49,11 @@ use rule train as train_baseline with:
     wildcard_constraints:
         stage="|".join(BASELINE_STAGES) or "^$",
     priority: 20
+
+
+# The control branch is the chain's last stage: the default run's other jobs are done or wait
+# for it, so it takes two threads (clusters: set-threads in the profile).
+use rule train as train_controlnet with:
+    wildcard_constraints:
+        stage="controlnet",
+    threads: 2
