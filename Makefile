@@ -1,18 +1,22 @@
 # Two front-door targets (see README):
 #   make all    install into .venv, then run the whole default pipeline to its tables/figures
 #   make test   install into .venv, then run the test suite
+#   make test-fast   the suite without the slow end-to-end tests (a quick local loop; CI runs all)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ldpm-installed
 
-.PHONY: all test install clean-results
+.PHONY: all test test-fast install clean-results
 
 all: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --profile workflow/profiles/local all
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 install: $(STAMP)
 

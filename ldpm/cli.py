@@ -65,7 +65,8 @@ def manifest(a: argparse.Namespace) -> None:
     """Gather the slice stores into one manifest with a seeded by-subject split."""
     from .data.store import build_manifest
 
-    build_manifest(a.stores, a.output, split_fractions=a.split_fractions, seed=a.seed)
+    build_manifest(a.stores, a.output, split_fractions=a.split_fractions, seed=a.seed,
+                   split=a.split)
 
 
 @command
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", type=Path, required=True)
     s.add_argument("--split-fractions", type=split_fractions_arg, required=True)
     s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--split", choices=["subjects", "folders"], default="subjects",
+                   help="by subject (seeded), or fastMRI's *_train / *_val folders (data.split)")
 
     s = sub.add_parser("test-shard", help=test_shard.__doc__)
     s.add_argument("--manifest", type=Path, required=True)

@@ -260,6 +260,10 @@ def validate_config(config: Mapping[str, Any], source: str | Path = "config",
     if config["data"]["source"] == "fastmri" and not config["data"].get("fastmri_root"):
         raise LdpmInputError(f"{source}: data.fastmri_root", "is empty but data.source is fastmri",
                              "set it to the folder holding the fastMRI multicoil *.h5 files")
+    if config["data"].get("split") == "folders" and config["data"]["source"] != "fastmri":
+        raise LdpmInputError(f"{source}: data.split", "is folders, which needs data.source fastmri "
+                             "(fastMRI's multicoil_train/ and multicoil_val/ folders)",
+                             "set data.split: subjects for the embedded data")
     pre = config.get("pretrained") or {}
     if (config["train"]["preset"] == "paper" and not pre.get("vgg16_path")
             and not pre.get("vae_without_vgg")):

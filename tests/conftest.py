@@ -24,6 +24,12 @@ TINY_TWO_METHODS = {
 }
 
 
+#: tiny networks for unit tests: a 4-level (8x) VAE and a denoiser with cross-attention
+TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
+TINY_DENOISER = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "attention_head_dim": 4,
+                 "norm_num_groups": 4}
+
+
 def workflow_rules() -> set[str]:
     """Every rule name of the workflow: ``rule NAME:`` and ``use rule X as NAME``."""
     import re

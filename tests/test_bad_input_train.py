@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import smooth_slices
+from conftest import TINY_VAE, smooth_slices
 
 import ldpm.train.baselines as baselines_mod
 import ldpm.train.sketcher as sketcher_mod
@@ -23,7 +23,6 @@ from ldpm.train import load_sketcher, load_vae, train, train_sketcher, train_vae
 from ldpm.train.baselines import load_baseline, train_baseline
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8}
-TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
 TINY_UNET = {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0}
 MASK = {"acceleration": 4, "center_fraction": 0.08}
 CONST = {"lr_schedule": "constant", "warmup": 0}

@@ -135,6 +135,7 @@ def test_good_stage_overrides_pass(default):
      "data.split_fractions.test", "> 0"),
     ({"train": {"stages": {"swinmr": {"crop": 256}}}}, "train.stages.swinmr.crop", "at most 128"),
     ({"inference": {"n_shards": 0}}, "inference.n_shards", "integer >= 1"),
+    ({"data": {"split": "folders"}}, "data.split", "data.split: subjects"),
 ])
 def test_out_of_range_values_are_refused(default, override, key, fix):
     with pytest.raises(LdpmInputError) as e:

@@ -132,3 +132,30 @@ def test_load_split_and_dataset(manifest):
     assert torch.allclose(normed, x / rows["volume_max"][3])
     with pytest.raises(LdpmInputError, match="unknown split"):
         load_split(manifest, "validation")
+
+
+def test_folder_split_takes_fastmri_own_folders(tmp_path):
+    """``data.split: folders``: every volume of multicoil_val/ is test; multicoil_train/'s are
+    split into train and val by subject; a file in another folder is refused."""
+    from conftest import write_fastmri_file
+
+    stores = []
+    for folder in ("multicoil_train", "multicoil_val", "elsewhere"):
+        (tmp_path / "fastmri" / folder).mkdir(parents=True)
+    for folder, n in (("multicoil_train", 6), ("multicoil_val", 2)):
+        for i in range(n):
+            raw = write_fastmri_file(tmp_path / "fastmri" / folder / f"file_brain_AXT2_{folder}_{i}.h5",
+                                     patient_id=f"{folder}_{i}", seed=i)
+            stores.append(preprocess_volume(raw, tmp_path / "stores" / raw.name, 16, 3))
+    df = build_manifest(stores, tmp_path / "manifest.csv", {"train": 0.6, "val": 0.2, "test": 0.2},
+                        seed=0, split="folders")
+    by_volume = df.drop_duplicates("volume").set_index("volume")["split"]
+    val_folder = by_volume[by_volume.index.str.contains("multicoil_val")]
+    train_folder = by_volume[by_volume.index.str.contains("multicoil_train")]
+    assert set(val_folder) == {"test"} and len(val_folder) == 2
+    assert set(train_folder) == {"train", "val"}
+    other = write_fastmri_file(tmp_path / "fastmri" / "elsewhere" / "file_brain_AXT2_x.h5", patient_id="x")
+    stores.append(preprocess_volume(other, tmp_path / "stores" / other.name, 16, 3))
+    with pytest.raises(LdpmInputError, match="neither a \\*_train nor a \\*_val folder"):
+        build_manifest(stores, tmp_path / "m2.csv", {"train": 0.6, "val": 0.2, "test": 0.2},
+                       seed=0, split="folders")

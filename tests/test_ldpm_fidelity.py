@@ -23,10 +23,9 @@ from ldpm.train.controlnet import condition_pool, controlnet_loss
 from ldpm.train.sketcher import sketcher_loss
 from ldpm.train.stages import stage_config
 from ldpm.train.vae import vae_losses
+from conftest import TINY_DENOISER
 
 TINY_VAE = {"block_out_channels": [8, 8, 8], "norm_num_groups": 4}
-TINY_UNET = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "attention_head_dim": 4,
-             "norm_num_groups": 4}
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4}
 
 
@@ -42,7 +41,7 @@ def images() -> torch.Tensor:
 def parts():
     torch.manual_seed(0)
     sketcher = Sketcher(SwinIR(TINY_SWIN)).eval()
-    unet = build_denoiser(TINY_UNET)
+    unet = build_denoiser(TINY_DENOISER)
     mrcn = MRControlNet.from_denoiser(unet, null_text_embedding(unet)).eval()
     return sketcher, build_vae(TINY_VAE).eval(), mrcn
 

@@ -8,17 +8,15 @@ import ldpm.methods_ldpm as ml
 from ldpm.methods import measure, method_stages, stage_dependencies
 from ldpm.mri import mask_for_slice
 from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
+from conftest import TINY_DENOISER, TINY_VAE
 
-TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
-TINY_UNET = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "attention_head_dim": 4,
-             "norm_num_groups": 4}
 
 
 @pytest.fixture
 def parts():
     torch.manual_seed(0)
     sketcher = Sketcher(SwinIR({"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4}))
-    unet = build_denoiser(TINY_UNET)
+    unet = build_denoiser(TINY_DENOISER)
     mrcn = MRControlNet.from_denoiser(unet, null_text_embedding(unet)).eval()
     return sketcher.eval(), build_vae(TINY_VAE).eval(), mrcn
 

@@ -19,10 +19,8 @@ from ldpm.models.lora import (LORA_WEIGHTS_FILE, adapter_parameters, add_lora, c
 from ldpm.sampling import base_alphas_cumprod
 from ldpm.train.controlnet import controlnet_loss
 from ldpm.train.lora import train_lora
+from conftest import TINY_DENOISER, TINY_VAE
 
-TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
-TINY_UNET = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "attention_head_dim": 4,
-             "norm_num_groups": 4}
 CFG = {"rank": 2, "alpha": None, "targets": ["to_q", "to_k", "to_v", "to_out.0"], "lora_lr": 1e-2,
        "lr": 1e-3, "batch_size": 2, "crop": None, "n_steps": 3, "epochs": None, "ckpt_every": 2,
        "masks": {"acceleration": 4, "center_fraction": 0.08}}
@@ -30,7 +28,7 @@ CFG = {"rank": 2, "alpha": None, "targets": ["to_q", "to_k", "to_v", "to_out.0"]
 
 def tiny_unet():
     torch.manual_seed(0)
-    return build_denoiser(TINY_UNET)
+    return build_denoiser(TINY_DENOISER)
 
 
 @pytest.fixture

@@ -11,11 +11,9 @@ from ldpm.models import (RSTB, MRControlNet, NullContextEps, PatchDiscriminator,
                          SwinLayer, VGGPerceptual, build_denoiser, build_vae, load_controlnet_model,
                          null_text_embedding, save_controlnet, vae_decode, vae_encode)
 from ldpm.models.swinir import shifted_window_mask, window_partition, window_reverse
+from conftest import TINY_DENOISER, TINY_VAE
 
 TINY_SWIN = {"embed_dim": 8, "depths": [2], "num_heads": [2], "window_size": 4}
-TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
-TINY_UNET = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8,
-             "attention_head_dim": 4}
 
 
 
@@ -106,7 +104,7 @@ def test_vgg_loads_local_weights_without_download(tmp_path):
 
 
 def _mrcn():
-    unet = build_denoiser(TINY_UNET)
+    unet = build_denoiser(TINY_DENOISER)
     return MRControlNet.from_denoiser(unet, null_text_embedding(unet)), unet
 
 
@@ -151,7 +149,7 @@ def test_mrcontrolnet_condition_is_live_and_roundtrips(tmp_path):
 
 
 def test_null_embedding_config_and_sd_without_transformers(tmp_path):
-    unet = build_denoiser(TINY_UNET)
+    unet = build_denoiser(TINY_DENOISER)
     assert torch.equal(null_text_embedding(unet), torch.zeros(1, 1, 8))
     try:
         import transformers  # noqa: F401

@@ -8,11 +8,11 @@ from diffusers import DDPMScheduler
 
 from ldpm.mri import fft2c, ifft2c, undersample
 from ldpm.models import build_vae, vae_decode, vae_encode
+from conftest import TINY_VAE
 from ldpm.sampling import (DualStageSampler, dual_stage, dual_stage_sample, kspace_guidance,
                            kspace_residual, latent_data_consistency, pixel_data_consistency,
                            plain_spaced_ddpm, posterior_step, predict_z0, respace)
 
-TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
 
 
 
@@ -102,6 +102,23 @@ def test_guidance_step_lowers_delta(vae, problem):
         after = kspace_residual(dec(kspace_guidance(z0, k_u, mask, dec, 0.1)), k_u, mask)
         worse = kspace_residual(dec(kspace_guidance(z0, k_u, mask, dec, -0.1)), k_u, mask)
     assert after < before < worse
+
+
+def test_guidance_gradient_is_the_analytic_one_and_per_sample(problem):
+    """For a linear decoder D(z) = a z (a real image), eq. 11's step is
+    ``z - g * 2 a Re(F^H M (F D z - k_u))`` (M binary), computed here by hand; and duplicating
+    the batch leaves every sample's step unchanged (eq. 10 is summed per sample)."""
+    x, k_u, mask = problem
+    a, g = 1.7, 0.05
+    dec = lambda z: a * z  # noqa: E731
+    z0 = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    m = mask.to(torch.float32).view(1, 1, 1, -1).expand_as(k_u.real)
+    residual = m * (fft2c((a * z0).to(torch.complex64)) - k_u)
+    expected = z0 - g * 2 * a * ifft2c(m * residual).real
+    out = kspace_guidance(z0, k_u, mask, dec, g)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    twice = kspace_guidance(z0.repeat(2, 1, 1, 1), k_u.repeat(2, 1, 1, 1), mask, dec, g)
+    torch.testing.assert_close(twice, expected.repeat(2, 1, 1, 1), rtol=1e-5, atol=1e-6)
 
 
 def _run(monkeypatch, vae, problem, sampler):

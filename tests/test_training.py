@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import smooth_slices
+from conftest import TINY_DENOISER, TINY_VAE, smooth_slices
 from safetensors.torch import load_file
 
 from ldpm.models import NullContextEps, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
@@ -22,16 +22,13 @@ from ldpm.train.sketcher import sketcher_loss
 from ldpm.train.vae import normalised_images, vae_losses
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8}
-TINY_VAE = {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}
-TINY_UNET = {"block_out_channels": [8, 16], "norm_num_groups": 4, "cross_attention_dim": 8,
-             "attention_head_dim": 4}
 MASK = {"acceleration": 4, "center_fraction": 0.08}
 CONST = {"lr_schedule": "constant", "warmup": 0}
 CFG = {
     "sketcher": {**CONST, "model": TINY_SWIN, "lr": 3e-3, "batch_size": 2, "crop": 32, "ckpt_every": 2, "masks": MASK},
     "vae": {**CONST, "model": TINY_VAE, "lr": 3e-3, "disc_lr": 1e-3, "batch_size": 2, "crop": 32,
             "ckpt_every": 2, "disc": {"ndf": 8, "n_layers": 1}, "disc_start": 3},
-    "denoiser": {**CONST, "model": TINY_UNET, "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2},
+    "denoiser": {**CONST, "model": TINY_DENOISER, "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2},
     "controlnet": {**CONST, "lr": 1e-2, "batch_size": 2, "crop": 32, "ckpt_every": 2, "masks": MASK},
 }
 
@@ -48,7 +45,7 @@ def frozen():
     torch.manual_seed(0)
     vae = build_vae(TINY_VAE).eval().requires_grad_(False)
     sk = Sketcher(SwinIR(TINY_SWIN)).eval().requires_grad_(False)
-    unet = build_denoiser(TINY_UNET).eval().requires_grad_(False)
+    unet = build_denoiser(TINY_DENOISER).eval().requires_grad_(False)
     return vae, sk, unet, null_text_embedding(unet)
 
 

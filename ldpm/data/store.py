@@ -87,7 +87,9 @@ def _store_rows(store: Path, manifest_dir: Path) -> list[dict[str, Any]]:
             raise LdpmInputError(store, f"{key} is {attrs[key]}, not a positive number",
                                  _REBUILD_STORE)
     stored = _relative_to(store, manifest_dir)
-    return [{"volume": str(attrs["volume"]), "slice": int(s), "subject": str(attrs["subject"]),
+    source = Path(str(attrs["source_file"]))
+    folder = (source if source.is_absolute() else store.parent / source).parent.name
+    return [{"volume": str(attrs["volume"]), "source_folder": folder, "slice": int(s), "subject": str(attrs["subject"]),
              "anatomy": str(attrs["anatomy"]), "contrast": str(attrs["contrast"]),
              "field_strength": float(attrs["field_strength"]), "crop_width": int(attrs["crop_width"]),
              "volume_max": float(attrs["volume_max"]), "store": stored} for s in slices]
@@ -127,13 +129,50 @@ def split_subjects(subject_groups: Mapping[str, Any], fractions: Mapping[str, fl
     return assignment
 
 
+#: ``data.split``: by subject over all volumes, or fastMRI's own folders
+SPLIT_MODES = ("subjects", "folders")
+
+
+def folder_split(df: pd.DataFrame, split_fractions: Mapping[str, float], seed: int,
+                 where: str | Path) -> pd.Series:
+    """fastMRI's split (``data.split: folders``): volumes from a ``*_val`` folder (e.g.
+    ``multicoil_val/``) are the test split; those from a ``*_train`` folder are split into train
+    and val by subject, in the ratio of ``split_fractions``' train and val."""
+    folders = df["source_folder"]
+    other = sorted(set(f for f in folders if not f.endswith(("_train", "_val"))))
+    if other:
+        vol = df.loc[folders == other[0], "volume"].iloc[0]
+        raise LdpmInputError(where, f"volume {vol} comes from folder {other[0]!r}, neither a "
+                             "*_train nor a *_val folder", "with data.split: folders, keep the raw "
+                             "files in fastMRI's multicoil_train/ and multicoil_val/ folders")
+    train_pool = df[folders.str.endswith("_train")]
+    if train_pool.empty or len(train_pool) == len(df):
+        raise LdpmInputError(where, "data.split: folders needs volumes from both a *_train and a "
+                             "*_val folder", "put fastMRI's multicoil_train/ and multicoil_val/ "
+                             "under data.fastmri_root")
+    tv = float(split_fractions["train"]) + float(split_fractions["val"])
+    if not tv > 0 or not float(split_fractions["train"]) > 0:
+        raise LdpmInputError(where, "data.split_fractions gives no train share", "set train > 0")
+    fractions = {"train": split_fractions["train"] / tv, "val": split_fractions["val"] / tv,
+                 "test": 0.0}
+    groups = {s: tuple(sorted(g)) for s, g in
+              train_pool.groupby("subject")["field_strength"].unique().items()}
+    assignment = split_subjects(groups, fractions, seed)
+    return pd.Series(np.where(folders.str.endswith("_val"), "test",
+                              df["subject"].map(assignment).fillna("test")), index=df.index)
+
+
 def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
-                   split_fractions: Mapping[str, float], seed: int) -> pd.DataFrame:
-    """One row per slice of every store, split by subject (seeded, stratified by field strength).
+                   split_fractions: Mapping[str, float], seed: int,
+                   split: str = "subjects") -> pd.DataFrame:
+    """One row per slice of every store, split by subject (seeded, stratified by field strength),
+    or (``split="folders"``) by fastMRI's folders, :func:`folder_split`.
 
     Rows are sorted by (volume, slice), so the same stores and seed give the same CSV. The
     ``store`` column is relative to the folder of ``out_csv``.
     """
+    if split not in SPLIT_MODES:
+        raise LdpmInputError(out_csv, f"unknown split {split!r}", f"use one of {SPLIT_MODES}")
     rows = [row for p in store_paths for row in _store_rows(Path(p), Path(out_csv).parent)]
     if not rows:
         raise LdpmInputError(out_csv, "no slices to put in the manifest",
@@ -144,9 +183,12 @@ def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
         name = df.loc[dup, "volume"].iloc[0]
         raise LdpmInputError(out_csv, f"volume {name} comes from two stores",
                              "keep one store per volume (volume names must be unique)")
-    groups = {s: tuple(sorted(g)) for s, g in df.groupby("subject")["field_strength"].unique()
-              .items()}
-    df["split"] = df["subject"].map(split_subjects(groups, split_fractions, seed))
+    if split == "folders":
+        df["split"] = folder_split(df, split_fractions, seed, out_csv)
+    else:
+        groups = {s: tuple(sorted(g)) for s, g in df.groupby("subject")["field_strength"].unique()
+                  .items()}
+        df["split"] = df["subject"].map(split_subjects(groups, split_fractions, seed))
     df = df[MANIFEST_COLUMNS].reset_index(drop=True)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)

@@ -51,7 +51,7 @@ rule preprocess:
 
 
 rule manifest:
-    """All slices in one table with a seeded by-subject train/val/test split."""
+    """All slices in one table with a seeded by-subject train/val/test split (or fastMRI's folders)."""
     input:
         expand(f"{DATA}/slices/{{volume}}.h5", volume=VOLUMES),
     output:
@@ -59,13 +59,14 @@ rule manifest:
     params:
         fractions=as_json(config["data"]["split_fractions"]),
         seed=config["seed"],
+        split=config["data"].get("split", "subjects"),
     log:
         "results/logs/manifest.log",
     conda:
         ENV
     shell:
         "ldpm manifest --stores {input:q} --output {output:q} --split-fractions {params.fractions}"
-        " --seed {params.seed:q} > {log:q} 2>&1"
+        " --seed {params.seed:q} --split {params.split:q} > {log:q} 2>&1"
 
 
 rule test_shard:
