@@ -131,7 +131,7 @@ def test_tiny_dag_runs_through_real_slurm_with_the_profile(slurm, tmp_path):
                           text=True, timeout=300)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     expected = {r: n for r, n in _job_stats(plan.stdout + plan.stderr).items() if r != "all"}
-    assert expected.get("train") == 1 and expected.get("reconstruct") == 2
+    assert expected.get("train_baseline") == 1 and expected.get("reconstruct") == 2
 
     proc = subprocess.run(
         [*base, "--set-threads", *_profile_thread_caps(), "--jobs", "4",
@@ -164,14 +164,16 @@ def test_tiny_dag_runs_through_real_slurm_with_the_profile(slurm, tmp_path):
         m = re.search(r"gres/gpu=(\d+)", job["alloc"])
         return int(m.group(1)) if m else 0
 
-    assert [gpus(j) for j in by_rule["train"]] == [1]
-    assert all(f"gres/gpu:{GPU_MODEL}=1" in j["alloc"] for j in by_rule["train"]), by_rule["train"]
+    assert [gpus(j) for j in by_rule["train_baseline"]] == [1]
+    assert all(f"gres/gpu:{GPU_MODEL}=1" in j["alloc"] for j in by_rule["train_baseline"]), \
+        by_rule["train_baseline"]
     # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by "_">
     recon = {j["comment"].removeprefix("rule_reconstruct_wildcards_").rsplit("_", 1)[0]: gpus(j)
              for j in by_rule["reconstruct"]}
     assert recon == {"unet": 1, "zero_filled": 0}
-    for rule in ("embedded_subject", "preprocess", "manifest", "test_shard", "evaluate"):
+    for rule in ("embedded_subject", "preprocess", "manifest", "test_shard", "reference_features",
+                 "evaluate"):
         assert all(gpus(j) == 0 for j in by_rule[rule]), (rule, by_rule[rule])
-    # the profile's memory per rule reached sbatch (train: 64000 MB, evaluate: 16000 MB)
-    assert all("mem=62.50G" in j["req"] for j in by_rule["train"]), by_rule["train"]
+    # the profile's memory per rule reached sbatch (training: 64000 MB, evaluate: 16000 MB)
+    assert all("mem=62.50G" in j["req"] for j in by_rule["train_baseline"]), by_rule["train_baseline"]
     assert all("mem=16000M" in j["req"] for j in by_rule["evaluate"]), by_rule["evaluate"]
