@@ -110,7 +110,9 @@ def test_each_dvc_stage_runs_only_its_own_and_upstream_rules(tmp_path):
     dry-run from nothing, plans its own rules and those of earlier stages, never a later stage's."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(STAGE_RULES)
-    listed = {line.split()[0] for line in run([SNAKEMAKE, "--list-rules"], REPO).splitlines()
+    listed = {line.split()[0] for line in run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"),
+                                               "--directory", str(tmp_path), "--list-rules"],
+                                              tmp_path).splitlines()
               if line.strip() and not line.startswith("host:")}
     owned = set().union(*STAGE_RULES.values())
     assert listed - TUNING_RULES <= owned, f"rules no DVC stage owns: {listed - owned - TUNING_RULES}"

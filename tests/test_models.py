@@ -148,11 +148,34 @@ def test_mrcontrolnet_condition_is_live_and_roundtrips(tmp_path):
         assert torch.equal(loaded(z, t, c1), e1)
 
 
-def test_null_embedding_config_and_sd_without_transformers(tmp_path):
+def test_null_embedding_config_built_cached_and_without_transformers(tmp_path, monkeypatch):
+    """Config-built: zeros [1, 1, D]. SD layout: the cached
+    ``null_text_embedding.safetensors`` tensor is returned as stored. Without that file and
+    without ``transformers``: one error naming the file to add."""
+    import builtins
+
+    from safetensors.torch import save_file
+
+    from ldpm.models.controlnet import NULL_EMBEDDING_FILE
+
     unet = build_denoiser(TINY_DENOISER)
     assert torch.equal(null_text_embedding(unet), torch.zeros(1, 1, 8))
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        with pytest.raises(LdpmInputError, match="transformers"):
-            null_text_embedding(unet, tmp_path)
+    cached = torch.randn(1, 77, 8, generator=torch.Generator().manual_seed(3))
+    sd = tmp_path / "sd"
+    sd.mkdir()
+    save_file({"null": cached}, sd / NULL_EMBEDDING_FILE)
+    assert torch.equal(null_text_embedding(unet, sd), cached)
+
+    real_import = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name == "transformers" or name.startswith("transformers."):
+            raise ImportError("No module named 'transformers'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(LdpmInputError, match="transformers") as err:
+        null_text_embedding(unet, bare)
+    assert str(bare / NULL_EMBEDDING_FILE) in str(err.value) and "[1, 77, 8]" in str(err.value)

@@ -98,11 +98,16 @@ def test_bad_config_key_stops_the_dag_with_one_clear_message(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_slurm_profile_dry_runs():
+def test_slurm_profile_dry_runs(tmp_path):
+    """The SLURM profile plans the default DAG, in a working folder of its own (the
+    repository's .snakemake/ and results/ stay untouched)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run([SNAKEMAKE, "--profile", "slurm", "-n", "all"], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+                           "-n", "all"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule train_controlnet" in proc.stdout + proc.stderr and (tmp_path / ".snakemake").is_dir()
 
 
 def test_installed_snakemake_never_runs_more_jobs_than_cores(tmp_path):
