@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,10 +33,21 @@ TINY_DENOISER = {"block_out_channels": [8, 16], "cross_attention_dim": 8, "atten
                  "norm_num_groups": 4}
 
 
+#: the snakemake of the interpreter running the tests (the venv's)
+SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """Snakemake's first ``Job stats:`` table as {rule: count} ({} when nothing is to be done)."""
+    if "Job stats:" not in text:
+        return {}
+    block = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m.group(1): int(m.group(2)) for line in block.splitlines()
+            if (m := re.match(r"^(\w+)\s+(\d+)$", line.strip())) and m.group(1) != "total"}
+
+
 def workflow_rules() -> set[str]:
     """Every rule name of the workflow: ``rule NAME:`` and ``use rule X as NAME``."""
-    import re
-
     rules: set[str] = set()
     for smk in (Path(__file__).resolve().parents[1] / "workflow" / "rules").glob("*.smk"):
         text = smk.read_text()

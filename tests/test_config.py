@@ -190,14 +190,13 @@ def test_nested_command_line_strings_are_read_as_the_schema_types(default):
 
 def _dry_run(tmp_path, *args):
     import os
-    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     from ldpm.config import REPO_ROOT
 
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    from conftest import SNAKEMAKE as snakemake
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     work = tmp_path / "w"
     proc = subprocess.run([snakemake, "-n", "all", "--snakefile", str(REPO_ROOT / "Snakefile"),

@@ -4,9 +4,7 @@ CT/PET readers and the tables. Tiny tensors and a few steps: every test runs in 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -384,7 +382,7 @@ def test_stage_graph_shares_the_bank_and_retrieval(config):
 
 
 def test_disabled_diffcode_adds_nothing_to_the_dag(tmp_path):
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    from conftest import SNAKEMAKE as snakemake
     cfg = tmp_path / "off.yaml"
     cfg.write_text("diffcode: {enabled: false}\nlora: {enabled: false}\n")
     proc = subprocess.run([snakemake, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_TWO_METHODS, workflow_rules
+from ldpm.config import deep_merge
+from conftest import job_stats, SNAKEMAKE, TINY_TWO_METHODS, workflow_rules
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DVC = shutil.which("dvc", path=str(VENV_BIN)) or "dvc"
-SNAKEMAKE = shutil.which("snakemake", path=str(VENV_BIN)) or "snakemake"
 LOCAL = ["--profile", "workflow/profiles/local"]
 
 #: tiny config (merged into the clone's config/config.yaml): one trained method, 2 steps
@@ -36,23 +36,6 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> 
     out = proc.stdout + proc.stderr
     if check:
         assert proc.returncode == 0, f"{' '.join(cmd)} in {cwd} -> {proc.returncode}\n{out[-6000:]}"
-    return out
-
-
-def job_stats(text: str) -> dict[str, int]:
-    """Snakemake's first `Job stats:` table as {rule: count} ({} when nothing is to be done)."""
-    if "Job stats:" not in text:
-        return {}
-    block = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {m.group(1): int(m.group(2)) for line in block.splitlines()
-            if (m := re.match(r"^(\w+)\s+(\d+)$", line.strip())) and m.group(1) != "total"}
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        both = isinstance(v, dict) and isinstance(out.get(k), dict)
-        out[k] = deep_merge(out[k], v) if both else v
     return out
 
 

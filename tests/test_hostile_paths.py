@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import write_fastmri_file
+from conftest import SNAKEMAKE, write_fastmri_file
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
 #: a space, single and double quotes, and two command substitutions that would create PWNED
 HOSTILE = "sp ace 'sq' \"dq\" $(touch PWNED) `touch PWNED`"

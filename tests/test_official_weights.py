@@ -9,9 +9,7 @@ the stored mask, and crop like the targets.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +198,7 @@ def test_config_requires_the_weights_when_the_method_is_listed(method):
 
 def test_dag_reconstructs_with_the_weights_and_trains_nothing_for_it(tmp_path):
     """Dry run: the methods' jobs read the manifest and the weights; no training job."""
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    from conftest import SNAKEMAKE as snakemake
     weights = tmp_path / "brain_leaderboard_state_dict.pt"
     weights.write_bytes(b"")
     extra = tmp_path / "extra.yaml"
@@ -214,8 +212,9 @@ def test_dag_reconstructs_with_the_weights_and_trains_nothing_for_it(tmp_path):
            "--configfile", str(REPO / "config" / "config.yaml"), str(extra)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    stats = (out.stdout + out.stderr).split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    counts = {line.split()[0]: int(line.split()[1]) for line in stats.splitlines()[3:] if line.strip()}
+    from conftest import job_stats
+    stats = out.stdout + out.stderr
+    counts = job_stats(stats)
     n_shards = load_config()["inference"]["n_shards"]
     assert "train" not in counts and counts["reconstruct"] == 3 * n_shards, stats
     weights.unlink()  # the weights are an input of its jobs

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import SNAKEMAKE
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
 TINY = {
     # 6 subjects: each field-strength group of 3 gets a train, a val and a test subject

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_TWO_METHODS, workflow_rules
+from conftest import job_stats, SNAKEMAKE, TINY_TWO_METHODS, workflow_rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "slurm"))
 from minicluster import ACCOUNT, PARTITION, MiniSlurm, ensure_installed
@@ -28,7 +28,6 @@ from minicluster import ACCOUNT, PARTITION, MiniSlurm, ensure_installed
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 VENV_BIN = Path(sys.executable).parent
-SNAKEMAKE = shutil.which("snakemake", path=str(VENV_BIN)) or "snakemake"
 
 #: the tiny DAG: every rule kind (data, GPU training, GPU and CPU reconstruction, metrics,
 #: report) with one trained method, so the run takes a few minutes on 2 cores
@@ -103,17 +102,6 @@ def _profile_thread_caps() -> list[str]:
     return [f"{rule}=1" for rule in profile.get("set-threads", {})]
 
 
-def _job_stats(text: str) -> dict[str, int]:
-    """Snakemake's `Job stats:` table (the first one) as {rule: count}."""
-    block = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    stats = {}
-    for line in block.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            stats[m.group(1)] = int(m.group(2))
-    return stats
-
-
 @pytest.mark.slow
 def test_tiny_dag_runs_through_real_slurm_with_the_profile(slurm, tmp_path):
     work = tmp_path / "work"
@@ -130,7 +118,7 @@ def test_tiny_dag_runs_through_real_slurm_with_the_profile(slurm, tmp_path):
     plan = subprocess.run([*base, "--dry-run", "all"], cwd=work, env=env, capture_output=True,
                           text=True, timeout=300)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
-    expected = {r: n for r, n in _job_stats(plan.stdout + plan.stderr).items() if r != "all"}
+    expected = {r: n for r, n in job_stats(plan.stdout + plan.stderr).items() if r != "all"}
     assert expected.get("train_baseline") == 1 and expected.get("reconstruct") == 2
 
     proc = subprocess.run(
