@@ -136,7 +136,8 @@ def test_load_split_and_dataset(manifest):
 
 def test_folder_split_takes_fastmri_own_folders(tmp_path):
     """``data.split: folders``: every volume of multicoil_val/ is test; multicoil_train/'s are
-    split into train and val by subject; a file in another folder is refused."""
+    split into train and val by subject; a file in another folder, or a subject in both
+    folders, is refused."""
     from conftest import write_fastmri_file
 
     stores = []
@@ -154,6 +155,12 @@ def test_folder_split_takes_fastmri_own_folders(tmp_path):
     train_folder = by_volume[by_volume.index.str.contains("multicoil_train")]
     assert set(val_folder) == {"test"} and len(val_folder) == 2
     assert set(train_folder) == {"train", "val"}
+    leak = write_fastmri_file(tmp_path / "fastmri" / "multicoil_val" / "file_brain_AXT2_leak.h5",
+                              patient_id="multicoil_train_0", seed=9)
+    with pytest.raises(LdpmInputError, match="subject 'multicoil_train_0' has volumes in both"):
+        build_manifest([*stores, preprocess_volume(leak, tmp_path / "stores" / leak.name, 16, 3)],
+                       tmp_path / "m1.csv", {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0,
+                       split="folders")
     other = write_fastmri_file(tmp_path / "fastmri" / "elsewhere" / "file_brain_AXT2_x.h5", patient_id="x")
     stores.append(preprocess_volume(other, tmp_path / "stores" / other.name, 16, 3))
     with pytest.raises(LdpmInputError, match="neither a \\*_train nor a \\*_val folder"):

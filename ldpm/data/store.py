@@ -137,7 +137,8 @@ def folder_split(df: pd.DataFrame, split_fractions: Mapping[str, float], seed: i
                  where: str | Path) -> pd.Series:
     """fastMRI's split (``data.split: folders``): volumes from a ``*_val`` folder (e.g.
     ``multicoil_val/``) are the test split; those from a ``*_train`` folder are split into train
-    and val by subject, in the ratio of ``split_fractions``' train and val."""
+    and val by subject, in the ratio of ``split_fractions``' train and val. A subject with
+    volumes in both folders is refused (it would leak into training)."""
     folders = df["source_folder"]
     other = sorted(set(f for f in folders if not f.endswith(("_train", "_val"))))
     if other:
@@ -150,6 +151,11 @@ def folder_split(df: pd.DataFrame, split_fractions: Mapping[str, float], seed: i
         raise LdpmInputError(where, "data.split: folders needs volumes from both a *_train and a "
                              "*_val folder", "put fastMRI's multicoil_train/ and multicoil_val/ "
                              "under data.fastmri_root")
+    shared = sorted(set(train_pool["subject"]) & set(df.loc[folders.str.endswith("_val"), "subject"]))
+    if shared:
+        raise LdpmInputError(where, f"subject {shared[0]!r} has volumes in both a *_train and a "
+                             "*_val folder, so it would be in training and in the test split",
+                             "keep each subject's volumes in one folder, or use data.split: subjects")
     tv = float(split_fractions["train"]) + float(split_fractions["val"])
     if not tv > 0 or not float(split_fractions["train"]) > 0:
         raise LdpmInputError(where, "data.split_fractions gives no train share", "set train > 0")

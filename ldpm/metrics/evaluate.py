@@ -19,7 +19,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -115,6 +115,14 @@ def _load_pairs(recon_paths: Sequence[Path], data_paths: Sequence[Path],
     return by_volume
 
 
+def _volumes_in_order(by_volume: Mapping[str, list]) -> Iterator[tuple[str, list[int], list[np.ndarray]]]:
+    """``(volume, slice indices, stacked arrays)`` of ``volume -> [(slice, array, ...), ...]``,
+    volumes sorted by name and slices by index: the order of every metric and feature."""
+    for vol in sorted(by_volume):
+        items = sorted(by_volume[vol], key=lambda t: t[0])
+        yield vol, [t[0] for t in items], [np.stack(col) for col in list(zip(*items))[1:]]
+
+
 def _volume_meta(manifest_csv: Path, volumes: list[str]) -> dict[str, dict]:
     from ldpm.data.store import read_manifest
 
@@ -165,17 +173,14 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
     meta = _volume_meta(manifest_csv, volumes)
 
     vol_rows, slice_rows, gt_imgs, pred_imgs = [], [], [], []
-    for vol in volumes:
-        items = sorted(by_volume[vol], key=lambda t: t[0])
-        gt = np.stack([t[1] for t in items])
-        pred = np.stack([t[2] for t in items])
+    for vol, slices, (gt, pred) in _volumes_in_order(by_volume):
         maxval = gt.max()
         if not maxval > 0:
             raise LdpmInputError(f"volume {vol}", "ground truth is all zeros, metrics are undefined",
                                  "drop empty volumes from the test split")
-        vol_rows.append({"method": method, "volume": vol, **meta[vol], "n_slices": len(items),
+        vol_rows.append({"method": method, "volume": vol, **meta[vol], "n_slices": len(slices),
                          "psnr": psnr(gt, pred), "ssim": ssim(gt, pred), "nmse": nmse(gt, pred)})
-        for s, (sl, _, _) in enumerate(items):
+        for s, sl in enumerate(slices):
             slice_rows.append({"method": method, "volume": vol, "slice": sl,
                                "psnr": psnr(gt[s], pred[s], maxval),
                                "ssim": ssim(gt[s:s + 1], pred[s:s + 1], maxval),
@@ -224,10 +229,7 @@ def ground_truth_images(shard_data_paths: Sequence[str | os.PathLike]) -> np.nda
         target, vols, slices = _read(dp, "target", "rebuild it with the test-shard step")
         for i, (vol, sl) in enumerate(zip(vols, slices.tolist())):
             by_volume[vol].append((int(sl), target[i]))
-    out = []
-    for vol in sorted(by_volume):
-        gt = np.stack([t for _, t in sorted(by_volume[vol], key=lambda t: t[0])])
-        out.append(perceptual_images(gt, gt.max()))
+    out = [perceptual_images(gt, gt.max()) for _, _, (gt,) in _volumes_in_order(by_volume)]
     return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
 
 
