@@ -242,7 +242,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         crop = cfg.get("crop")
         x = random_batch(images, rt.local_batch(int(cfg["batch_size"])),
-                         None if image_domain else crop, gen)
+                         None if image_domain else crop, gen, cfg.get("augment"))
         batch = make_batch(x, *stage_masks(cfg), seed, step)
         if image_domain and crop:
             batch = crop_pair(batch, int(crop), gen)

@@ -21,8 +21,8 @@ from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..models.pretrained import load_safetensors_file, loading_checkpoint
 from ..sampling import base_alphas_cumprod
 from .denoiser import noisy_latents
-from .loop import (check_final, crop_pair, final_fix, freeze, make_batch, random_batch,
-                   resolve_n_steps, scheduled_lr, stage_masks, train)
+from .loop import (augment_images, check_final, crop_pair, final_fix, freeze, make_batch,
+                   random_batch, resolve_n_steps, scheduled_lr, stage_masks, step_generator, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -49,17 +49,19 @@ def controlnet_loss(model: MRControlNet, sketcher: Sketcher, vae: AutoencoderKL,
 
 @torch.no_grad()
 def condition_pool(sketcher: Sketcher, vae: AutoencoderKL, images: torch.Tensor,
-                   masks: tuple[int, float], seed: int, n_masks: int, chunk: int = 16
-                   ) -> dict[str, torch.Tensor]:
+                   masks: tuple[int, float], seed: int, n_masks: int, chunk: int = 16,
+                   augment: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """``z = E(x)`` and ``c_latent = E(c)`` of every training image under each of ``n_masks``
     seeded masks of the test geometry (whole images, divided by ``max |x_u|``; ``c`` by eq.
     2-3), computed once: the Sketcher and the VAE are frozen, so a step that draws from this
-    pool sees exactly what :func:`controlnet_loss` would compute for those masks."""
+    pool sees exactly what :func:`controlnet_loss` would compute for those masks. ``augment``:
+    each (mask, chunk) pair's images are augmented (:func:`augment_images`, seeded by both)."""
     zs, cs = [], []
     n_chunks = -(-len(images) // chunk)
     for k in range(n_masks):
         for j, i in enumerate(range(0, len(images), chunk)):
-            b = make_batch(images[i:i + chunk], *masks, seed, k * n_chunks + j)
+            x = augment_images(images[i:i + chunk], augment, step_generator(seed, k, j))
+            b = make_batch(x, *masks, seed, k * n_chunks + j)
             c = sketcher(b["x_u"], b["k_u"][:, None], b["mask"][:, None, None])
             zs.append(vae_encode(vae, b["target"]))
             cs.append(vae_encode(vae, c))
@@ -81,7 +83,8 @@ def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
     masks, crop = stage_masks(cfg), cfg["crop"]
     pool = None
     if cfg.get("n_masks"):
-        pool = condition_pool(sketcher, vae, images, masks, seed, int(cfg["n_masks"]))
+        pool = condition_pool(sketcher, vae, images, masks, seed, int(cfg["n_masks"]),
+                              augment=cfg.get("augment"))
         if crop:
             crop = max(1, int(crop) * pool["target"].shape[-1] // images.shape[-1])
 
@@ -91,7 +94,7 @@ def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
             g["lr"] = lr * factor
         bs = rt.local_batch(int(cfg["batch_size"]))
         if pool is None:
-            x = random_batch(images, bs, None, gen)
+            x = random_batch(images, bs, None, gen, cfg.get("augment"))
             loss = controlnet_loss(model, sketcher, vae, x, abar, gen, masks, seed, step, crop)
         else:
             idx = torch.randint(len(pool["target"]), (bs,), generator=gen).to(pool["target"].device)

@@ -49,26 +49,65 @@ from .runtime import Runtime
 StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator of training step ``step``: seeded from ``(seed, step)`` only."""
-    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step)]).generate_state(2, np.uint32)
+def step_generator(seed: int, step: int, *keys: int) -> torch.Generator:
+    """The CPU generator of training step ``step``: seeded from ``(seed, step)`` only (more
+    ``keys``: a stream of its own, e.g. per precomputed mask and chunk)."""
+    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), *map(int, keys)]
+                               ).generate_state(2, np.uint32)
     g = torch.Generator(device="cpu")
     g.manual_seed(int(s[0]) << 32 | int(s[1]))
     return g
 
 
+def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Seeded contrast and size augmentation of magnitude images ``x`` [B, 1, H, W] (``x``
+    itself when ``augment`` is empty), two uniform draws per image from ``generator``:
+
+    * ``gamma: [g0, g1]``: ``x -> m (x / m)^gamma``, ``m = max x``, ``log gamma`` uniform in
+      ``[log g0, log g1]`` (darker or brighter mid-tones at the same maximum);
+    * ``zoom: [z0, z1]`` (``<= 1``): the image shrunk by ``z`` uniform in ``[z0, z1]``
+      (bilinear, antialiased) at the centre of an empty field of view of the same size (less
+      of the field of view covered by anatomy).
+
+    Training images are augmented before they are undersampled, so every stage sees the
+    measurement and the aliasing of the augmented image."""
+    if not augment:
+        return x
+    u = torch.rand(x.shape[0], 2, generator=generator, dtype=torch.float64).tolist()
+    (g0, g1), (z0, z1) = augment["gamma"], augment["zoom"]
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    for i, (ug, uz) in enumerate(u):
+        gamma = math.exp(math.log(g0) + ug * (math.log(g1) - math.log(g0)))
+        m = x[i].amax().clamp_min(torch.finfo(x.dtype).tiny)
+        xi = m * (x[i:i + 1].clamp_min(0) / m) ** gamma
+        z = z0 + uz * (z1 - z0)
+        nh, nw = max(1, round(h * z)), max(1, round(w * z))
+        if (nh, nw) != (h, w):
+            xi = torch.nn.functional.interpolate(xi, size=(nh, nw), mode="bilinear",
+                                                 align_corners=False, antialias=True)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        out[i:i + 1, :, top:top + nh, left:left + nw] = xi.clamp_min(0)
+    return out
+
+
 def random_batch(images: torch.Tensor, batch_size: int, crop: int | None,
-                 generator: torch.Generator) -> torch.Tensor:
-    """``batch_size`` images drawn with replacement, randomly cropped to ``crop`` (None: whole)."""
+                 generator: torch.Generator,
+                 augment: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """``batch_size`` images drawn with replacement, augmented (:func:`augment_images`; none by
+    default), then randomly cropped to ``crop`` (None: whole)."""
     n, _, h, w = images.shape
     idx = torch.randint(n, (batch_size,), generator=generator)
-    if crop is None or (crop >= h and crop >= w):
-        return images[idx.to(images.device)].clone()
-    ch, cw = min(crop, h), min(crop, w)
-    tops = torch.randint(h - ch + 1, (batch_size,), generator=generator)
-    lefts = torch.randint(w - cw + 1, (batch_size,), generator=generator)
-    return torch.stack([images[i, :, t:t + ch, l:l + cw]
-                        for i, t, l in zip(idx.tolist(), tops.tolist(), lefts.tolist())])
+    whole = crop is None or (crop >= h and crop >= w)
+    if not whole:
+        ch, cw = min(crop, h), min(crop, w)
+        tops = torch.randint(h - ch + 1, (batch_size,), generator=generator).tolist()
+        lefts = torch.randint(w - cw + 1, (batch_size,), generator=generator).tolist()
+    x = augment_images(images[idx.to(images.device)].clone(), augment, generator)
+    if whole:
+        return x
+    return torch.stack([x[j, :, t:t + ch, l:l + cw] for j, (t, l) in enumerate(zip(tops, lefts))])
 
 
 def undersampled_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,

@@ -47,7 +47,8 @@ def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         set_lr(opt, scheduled_lr(cfg, step, n_steps))
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen)
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen,
+                         cfg.get("augment"))
         loss = sketcher_loss(model, x, stage_masks(cfg), seed, step, cfg["crop"], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -113,7 +113,8 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         set_lr(opt_g, scheduled_lr(cfg, step, n_steps))
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen)
+        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])), None, gen,
+                         cfg.get("augment"))
         batch = make_batch(x, *stage_masks(cfg), seed, step)
         if cfg["crop"]:
             batch = crop_pair(batch, int(cfg["crop"]), gen, keys=("target",))
