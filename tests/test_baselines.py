@@ -15,9 +15,9 @@ from ldpm.models.score import ScoreNet, VESDE
 from ldpm.models.swinmr import SwinMR, SwinMRLoss
 from ldpm.models.unet import UnetRecon
 from ldpm.models.varnet import VarNet, VarNetBlock
-from ldpm.mri import RandomMaskFunc, fft2c, ifft2c, undersample
+from ldpm.mri import RandomMaskFunc, fft2c, undersample
 from ldpm.train.baselines import (BASELINES, baseline_config, build_model, compute_loss,
-                                  load_baseline, make_batch, train_baseline)
+                                  load_baseline, make_batch, reconstruct, train_baseline)
 
 TINY = {
     "unet": {"model": {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0}},
@@ -50,6 +50,15 @@ def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
             img = img + 0.3 * (((xx - cx) / r) ** 2 + ((yy - cy) / (0.6 * r)) ** 2 < 1)
         out[i, 0] = img / img.max()
     return torch.from_numpy(out)
+
+
+def np_fft2c(x):
+    """fastMRI's centred orthonormal 2-D FFT, written with numpy (an independent reference)."""
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def np_ifft2c(k):
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
 
 
 def mask_batch(n: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -91,15 +100,37 @@ def test_varnet_dc_keeps_sampled_kspace():
     with torch.no_grad():
         block.dc_weight.fill_(1.0)
         out = block(k, k_u, m)
+        block.dc_weight.fill_(0.25)
+        soft = block(k, k_u, m)
     sampled = m.expand_as(k) > 0
     torch.testing.assert_close(out[sampled], k_u[sampled])   # measured lines replaced by k_u
     torch.testing.assert_close(out[~sampled], k[~sampled])   # the rest untouched
-    # a whole VarNet with zero regularisers returns the zero-filled image
+    # eta = 0.25 (hand): the measured lines move a quarter of the way to k_u, the rest stays
+    torch.testing.assert_close(soft[sampled], 0.75 * k[sampled] + 0.25 * k_u[sampled])
+    torch.testing.assert_close(soft[~sampled], k[~sampled])
+
+
+def test_varnet_with_zero_regularisers_returns_zero_filled_in_raw_units():
+    """With every cascade's regulariser outputting 0 the k-space stays ``k_u`` (the soft DC
+    term ``M (k - k_u)`` is 0), so VarNet returns ``|F^-1(k_u)|``: here checked against numpy's
+    FFT on raw fastMRI-scale data (~1e-4), directly and through :func:`reconstruct`, which
+    divides by ``s = max |x_u|`` and multiplies the output back by ``s``."""
+    x = smooth_images(2, 32)[:, 0].numpy().astype(np.float64) * 1e-4
+    mask = mask_batch(2, 32).numpy().astype(np.float32)
+    k_np = np_fft2c(x) * mask[:, None, :]
+    ref = np.abs(np_ifft2c(k_np))                      # zero-filled magnitude, raw units
+    assert 1e-5 < ref.max() < 1e-3
     net = VarNet({"num_cascades": 2, "chans": 4, "pools": 2})
     for c in net.cascades:
         c.model = _Zero()
+    k_u = torch.from_numpy(k_np.astype(np.complex64))
     with torch.no_grad():
-        torch.testing.assert_close(net(k_u, mask)[:, 0], ifft2c(k_u).abs())
+        direct = net(k_u, torch.from_numpy(mask))[:, 0].numpy()
+    np.testing.assert_allclose(direct, ref, rtol=0, atol=1e-6 * ref.max())
+    rec = reconstruct("varnet", net, baseline_config("varnet", TINY["varnet"]), k_np.astype(np.complex64),
+                      mask)
+    assert rec.dtype == np.float32 and rec.shape == ref.shape
+    np.testing.assert_allclose(rec, ref, rtol=0, atol=1e-6 * ref.max())
 
 
 def test_score_sampler_applies_dc_every_step(monkeypatch):
@@ -129,13 +160,30 @@ def test_score_sampler_applies_dc_every_step(monkeypatch):
 
 
 def test_swinmr_loss_terms():
+    """SwinMR's loss by hand (float64): Charbonnier ``mean sqrt(d^2 + eps)``, eps = 1e-9; the
+    frequency term on the unnormalised ``fftn`` of the whole [2, 1, 16, 16] batch (512 values):
+    a constant offset 0.1 is one DC coefficient 0.1 * 512 = 51.2, an impulse 0.5 has ``fftn``
+    ``0.5 exp(-2 pi i k.n / N)`` (numpy's); totals ``15 L_img + 0.1 L_freq``."""
     crit = SwinMRLoss({"vgg19_weights": None})
     assert crit.note is not None and "VGG19" in crit.note   # perceptual term off, and said so
-    x = smooth_images(2, 16)
+    x = smooth_images(2, 16).double()
+    n, r = x.numel(), 1e-9 ** 0.5
+    assert n == 512
     total, parts = crit(x, x)
-    assert parts["image"] < 1e-3 and parts["freq"] < 1e-3 and parts["perc"] == 0
+    assert parts == pytest.approx({"image": r, "freq": r, "perc": 0.0}, rel=1e-6)
+    assert float(total) == pytest.approx(15.1 * r, rel=1e-6)
     total2, parts2 = crit(x + 0.1, x)
-    assert total2 > total and parts2["freq"] > 0
+    image2 = (0.01 + 1e-9) ** 0.5
+    freq2 = ((51.2 ** 2 + 1e-9) ** 0.5 + (n - 1) * r) / n / 2 + r / 2
+    assert parts2 == pytest.approx({"image": image2, "freq": freq2, "perc": 0.0}, rel=1e-6)
+    assert float(total2) == pytest.approx(15 * image2 + 0.1 * freq2, rel=1e-6)
+    impulse = torch.zeros_like(x)
+    impulse[0, 0, 3, 5] = 0.5
+    _, parts3 = crit(x + impulse, x)
+    d = np.fft.fftn(impulse.numpy())
+    freq3 = (np.sqrt(d.real ** 2 + 1e-9).mean() + np.sqrt(d.imag ** 2 + 1e-9).mean()) / 2
+    image3 = ((0.25 + 1e-9) ** 0.5 + (n - 1) * r) / n
+    assert parts3 == pytest.approx({"image": image3, "freq": freq3, "perc": 0.0}, rel=1e-6)
     with pytest.raises(LdpmInputError):
         SwinMRLoss({"vgg19_weights": "/nonexistent/vgg19.pth"})
 

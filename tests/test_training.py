@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_DENOISER, TINY_VAE, smooth_slices
@@ -102,6 +104,101 @@ def test_stage_lowers_its_loss(stage, n_steps, images, frozen, tmp_path):
         assert VGG_OFF_NOTE in meta["notes"] and "scaling_factor" in meta
         assert float(rows[-1]["d_loss"]) > 0  # the discriminator was trained
         assert load_vae(tmp_path).config.scaling_factor == pytest.approx(meta["scaling_factor"])
+
+
+@pytest.mark.parametrize("stage", ["sketcher", "vae", "denoiser", "controlnet"])
+def test_stage_loss_does_not_move_at_lr_zero(stage, images, frozen, tmp_path, monkeypatch):
+    """The control of the test above: with the stage's learning rate 0 the same seeded run
+    leaves the fixed loss where it was (to float precision), so a drop there is the optimiser's
+    doing, not noise of the evaluation or a change of the model outside the optimiser."""
+    monkeypatch.setitem(CFG, stage, {**CFG[stage], "lr": 0.0})
+    before = _fixed_loss(stage, _run(stage, images, frozen, tmp_path, 3, stop_after=0), images, frozen)
+    after = _fixed_loss(stage, _run(stage, images, frozen, tmp_path, 3), images, frozen)
+    assert after == pytest.approx(before, rel=1e-6, abs=1e-9), (stage, before, after)
+
+
+class _LinearVAE(torch.nn.Module):
+    """A stand-in VAE with a closed form: a fixed diagonal-Gaussian posterior (diffusers'
+    ``DiagonalGaussianDistribution`` of the given mean/log-variance) and a 1x1-conv decoder
+    ``x_rec = W z`` as its last layer ``decoder.conv_out``."""
+
+    def __init__(self, mean, logvar, weight):
+        super().__init__()
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        self._dist = lambda: DiagonalGaussianDistribution(torch.cat([mean, logvar], 1))
+        self.decoder = torch.nn.Module()
+        self.decoder.conv_out = torch.nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=False).double()
+        with torch.no_grad():
+            self.decoder.conv_out.weight.copy_(weight[:, :, None, None])
+        self.seen = []
+
+    def encode(self, inp):
+        self.seen.append(inp)
+        return SimpleNamespace(latent_dist=self._dist())
+
+    def decode(self, z):
+        return SimpleNamespace(sample=self.decoder.conv_out(z))
+
+
+class _FixedVGG:
+    enabled = True
+
+    def __init__(self, values):
+        self.values, self.seen = values, []
+
+    def per_sample(self, x_hat, x):
+        self.seen.append((x_hat.detach(), x))
+        return self.values
+
+
+@pytest.mark.parametrize("use_gan", [False, True])
+def test_vae_loss_terms_are_eq5_by_hand(use_gan):
+    """Eq. 5 in LDM's normalisation, on 2 tiny 2x3 images with a closed-form VAE, every term
+    recomputed in numpy: L1 summed over pixels and 3 channels of the [-1, 1] images, the
+    per-sample VGG distance added to every pixel, KL(N(mu, s^2) || N(0, 1)) summed per sample,
+    all averaged over the batch; hinge generator loss ``-mean D`` weighted by ``lambda`` times
+    LDM's adaptive weight, whose last-layer gradients are written out analytically."""
+    from ldpm.train.vae import vae_losses
+
+    rng = np.random.default_rng(0)
+    b, c, h, w_ = 2, 2, 2, 3
+    x = rng.random((b, 1, h, w_))
+    mean, logvar = rng.normal(size=(b, c, h, w_)), 0.3 * rng.normal(size=(b, c, h, w_))
+    wc = rng.normal(size=(3, c))                      # decoder: x_rec = wc z (per pixel)
+    wd = np.array([0.5, -1.0, 2.0])                   # discriminator: D(y) = wd . y (per pixel)
+    vgg_b = np.array([0.3, 0.7])
+    wts = {"mu": 1.5, "nu": 0.2, "omega": 0.01, "lambda": 0.65}
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    vae = _LinearVAE(t(mean), t(logvar), t(wc))
+    vgg = _FixedVGG(t(vgg_b))
+    disc = lambda y: (y * t(wd).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+    out = vae_losses(vae, disc, vgg, t(x), torch.Generator().manual_seed(7), wts, use_gan)
+
+    noise = torch.randn((b, c, h, w_), generator=torch.Generator().manual_seed(7),
+                        dtype=torch.float64).numpy()
+    z = mean + np.exp(0.5 * logvar) * noise
+    x_rec = np.einsum("oc,bchw->bohw", wc, z)
+    inp = np.repeat(2 * x - 1, 3, axis=1)
+    err = np.abs(x_rec - inp)
+    rec = (wts["mu"] * err.sum(axis=(1, 2, 3)) + wts["nu"] * vgg_b * 3 * h * w_).sum() / b
+    kl = 0.5 * (mean ** 2 + np.exp(logvar) - 1 - logvar).sum() / b
+    loss = rec + wts["omega"] * kl
+    np.testing.assert_allclose(vae.seen[0].numpy(), inp, atol=1e-12)
+    np.testing.assert_allclose(vgg.seen[0][0].numpy(), (x_rec.mean(1, keepdims=True) + 1) / 2, atol=1e-12)
+    if use_gan:
+        g_adv = -np.einsum("o,bohw->bhw", wd, x_rec).mean()
+        d_rec = wts["mu"] / b * np.einsum("bohw,bchw->oc", np.sign(x_rec - inp), z)
+        d_gan = -np.outer(wd, z.sum(axis=(0, 2, 3))) / (b * h * w_)
+        gan_weight = wts["lambda"] * np.clip(np.linalg.norm(d_rec) / (np.linalg.norm(d_gan) + 1e-4), 0, 1e4)
+        loss += gan_weight * g_adv
+        assert abs(gan_weight * g_adv) > 0.05  # the GAN term moves the loss measurably
+    else:
+        g_adv = gan_weight = 0.0
+    expect = {"loss": loss, "rec": rec, "kl": kl, "l1": err.mean(), "vgg": vgg_b.mean(),
+              "g_adv": g_adv, "gan_weight": gan_weight}
+    got = {k: float(torch.as_tensor(out[k]).detach()) for k in expect}
+    assert got == pytest.approx(expect, rel=1e-9, abs=1e-12)
 
 
 def _weights(stage, ckpt_dir: Path) -> dict[str, torch.Tensor]:
