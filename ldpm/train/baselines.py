@@ -43,13 +43,14 @@ from ..models.varnet import VarNet
 from ..mri import ifft2c, measurement_scale
 from ..sampling.score_pc import score_pc_sample
 from ..models.pretrained import loading_checkpoint
+from .presets import AUGMENT
 from .loop import (crop_pair, final_fix, make_batch, random_batch, read_final,  # noqa: F401
                    resolve_n_steps, stage_masks, sync_gradients, train)
 from .runtime import Runtime
 
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 _COMMON = {"epochs": None, "ckpt_every": 50, "ema": 0.0, "grad_clip": None, "warmup": 0,
-           "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1}
+           "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1, "augment": None}
 
 #: Tiny CPU configs: each trains in about a minute on one core (64x64 crops where they help;
 #: the U-Net's instance normalisation and VarNet's k-space need whole images).
@@ -78,6 +79,10 @@ DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
                   "optimizer": "adam", "lr": 2e-3, "batch_size": 4, "crop": 64, "n_steps": 1200,
                   "grad_clip": 1.0, "ema": 0.995},
 }
+
+# the baselines see the augmentation LDPM's stages see (ldpm/train/presets.py)
+for _config in DEFAULT_CONFIGS.values():
+    _config["augment"] = AUGMENT
 
 #: The published settings. fastMRI U-Net/VarNet: ``fastmri_examples`` demos (RMSprop/Adam,
 #: StepLR 40 epochs x0.1, 50 epochs, batch 1; VarNet with SSIM loss). SwinMR:

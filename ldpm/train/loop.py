@@ -62,7 +62,8 @@ def step_generator(seed: int, step: int, *keys: int) -> torch.Generator:
 def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
                    generator: torch.Generator) -> torch.Tensor:
     """Seeded contrast and size augmentation of magnitude images ``x`` [B, 1, H, W] (``x``
-    itself when ``augment`` is empty), two uniform draws per image from ``generator``:
+    itself when ``augment`` is empty), three uniform draws per image from ``generator``; a
+    share ``p`` (default 1) of the images is augmented, the rest kept as they are:
 
     * ``gamma: [g0, g1]``: ``x -> m (x / m)^gamma``, ``m = max x``, ``log gamma`` uniform in
       ``[log g0, log g1]`` (darker or brighter mid-tones at the same maximum);
@@ -74,11 +75,15 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
     measurement and the aliasing of the augmented image."""
     if not augment:
         return x
-    u = torch.rand(x.shape[0], 2, generator=generator, dtype=torch.float64).tolist()
+    u = torch.rand(x.shape[0], 3, generator=generator, dtype=torch.float64).tolist()
     (g0, g1), (z0, z1) = augment["gamma"], augment["zoom"]
+    share = float(augment.get("p", 1.0))
     h, w = x.shape[-2:]
     out = torch.zeros_like(x)
-    for i, (ug, uz) in enumerate(u):
+    for i, (ug, uz, up) in enumerate(u):
+        if up >= share:
+            out[i] = x[i]
+            continue
         gamma = math.exp(math.log(g0) + ug * (math.log(g1) - math.log(g0)))
         m = x[i].amax().clamp_min(torch.finfo(x.dtype).tiny)
         xi = m * (x[i:i + 1].clamp_min(0) / m) ** gamma

@@ -21,6 +21,10 @@ _VAE_MODEL = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent
               "init_logvar": -6.0}
 _VAE_LOSS = {"mu": 1.0, "nu": 0.2, "omega": 1e-6, "lambda": 0.65}  # eq. 5
 
+#: the default run's augmentation of the MR training images (ldpm.train.loop.augment_images),
+#: shared by the Sketcher, MR-VAE, control branch and the baselines (ldpm/train/baselines.py)
+AUGMENT: dict[str, list[float]] | None = None
+
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "sketcher": {
         # pixel-unshuffle 2 (as DiffBIR's stage-1 SwinIR unshuffles 8): a window of 8 tokens
@@ -107,6 +111,12 @@ PAPER_CONFIG: dict[str, dict[str, Any]] = {
         "ckpt_every": 1000,
     },
 }
+
+# the image-domain MR stages augment their training images (the denoiser trains on fixed
+# latents, vae_natural on photographs; the paper preset trains on fastMRI as it is)
+for _stage in ("sketcher", "vae_natural", "vae", "controlnet"):
+    DEFAULT_CONFIG[_stage]["augment"] = None if _stage == "vae_natural" else AUGMENT
+    PAPER_CONFIG[_stage]["augment"] = None
 
 
 def stage_config(stage: str, overrides: dict[str, Any] | None = None,
