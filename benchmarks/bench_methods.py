@@ -32,7 +32,9 @@ from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_va
 from ldpm.models import vae_decode, vae_encode
 from ldpm.sampling.dual_stage import DualStageSampler
 from ldpm.train import presets
-from ldpm.train.baselines import DEFAULT_CONFIGS, PAPER_CONFIGS, build_model, reconstruct
+from ldpm.checkpoints import build_baseline
+from ldpm.methods.baselines import reconstruct
+from ldpm.train.baselines import DEFAULT_CONFIGS, PAPER_CONFIGS
 
 
 def peak_memory_mb(device: str) -> float:
@@ -162,7 +164,7 @@ def main() -> None:
             "plain spaced DDPM (same nets)": timed(partial(ldpm, False), a.repeats, a.device)}
     configs = DEFAULT_CONFIGS if a.preset == "default" else PAPER_CONFIGS
     for name in ("unet", "varnet", "swinmr", "score_mri"):
-        model = build_model(name, configs[name]).to(dev).eval()
+        model = build_baseline(name, configs[name]).to(dev).eval()
         rows[name] = timed(lambda: reconstruct(name, model, configs[name], k_np, mask, {"seed": 0}),
                            a.repeats, "cpu")  # baselines' reconstruct runs on the CPU tensors
     ref = rows["LDPM (DSS)"]

@@ -94,7 +94,7 @@ def reconstruct(a: argparse.Namespace) -> None:
     """Reconstruct one test shard with one method."""
     from .methods import reconstruct_shard
 
-    from .train.runtime import resolve_device
+    from .device import resolve_device
 
     options = {**a.options, "device": str(resolve_device(a.device))}
     reconstruct_shard(a.method, a.shard_data, a.output, checkpoints=dict(a.checkpoint or []),
@@ -105,7 +105,7 @@ def reconstruct(a: argparse.Namespace) -> None:
 def val_score(a: argparse.Namespace) -> None:
     """Score one method on the val split (for tuning; the test split is not read)."""
     from .metrics.val_score import score_split
-    from .train.runtime import resolve_device
+    from .device import resolve_device
 
     options = {**a.options, "device": str(resolve_device(a.device))}
     summary = score_split(a.method, a.manifest, dict(a.checkpoint or []), options, a.masks, a.out_dir)

@@ -19,8 +19,9 @@ import ldpm.train.sketcher as sketcher_mod
 from ldpm.cli import main
 from ldpm.errors import LdpmInputError
 from ldpm.io import write_text_atomic
-from ldpm.train import load_sketcher, load_vae, train, train_sketcher, train_vae
-from ldpm.train.baselines import load_baseline, train_baseline
+from ldpm.checkpoints import load_baseline, load_sketcher, load_vae
+from ldpm.train import train, train_sketcher, train_vae
+from ldpm.train.baselines import train_baseline
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8}
 TINY_UNET = {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import ldpm.methods_baselines  # noqa: F401  (registers the baselines)
+import ldpm.methods.baselines  # noqa: F401  (registers the baselines)
 import ldpm.sampling.score_pc as score_pc
 from ldpm.errors import LdpmInputError
 from ldpm.methods import METHODS, measure, reconstruct_shard, seeds_for
@@ -16,8 +16,10 @@ from ldpm.models.swinmr import SwinMR, SwinMRLoss
 from ldpm.models.unet import UnetRecon
 from ldpm.models.varnet import VarNet, VarNetBlock
 from ldpm.mri import RandomMaskFunc, fft2c, undersample
-from ldpm.train.baselines import (BASELINES, baseline_config, build_model, compute_loss,
-                                  load_baseline, make_batch, reconstruct, train_baseline)
+from ldpm.checkpoints import BASELINES, build_baseline, load_baseline
+from ldpm.methods.baselines import reconstruct
+from ldpm.train.baselines import baseline_config, compute_loss, train_baseline
+from ldpm.train.loop import make_batch
 
 TINY = {
     "unet": {"model": {"chans": 4, "num_pool_layers": 2, "drop_prob": 0.0}},
@@ -195,7 +197,7 @@ def test_swinmr_loss_terms():
 def test_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     cfg = baseline_config(name, TINY[name])
-    model = build_model(name, cfg).train()
+    model = build_baseline(name, cfg).train()
     batch = make_batch(smooth_images(2, 32), 8, 0.04, seed=0, step=0)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []

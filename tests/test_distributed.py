@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from ldpm.errors import LdpmInputError
-from ldpm.train import step_generator
-from ldpm.train.runtime import Runtime, resolve_device
+from ldpm.device import resolve_device
+from ldpm.seeding import step_generator
+from ldpm.train.runtime import Runtime
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
 

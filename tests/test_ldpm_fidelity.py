@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import ldpm.methods_ldpm as ml
+import ldpm.methods.ldpm as ml
 import ldpm.sampling.dual_stage as ds
 import ldpm.train.loop as loop
 from ldpm.config import load_config, validate_config
@@ -18,6 +18,7 @@ from ldpm.mri import RandomMaskFunc, mask_for_slice
 from ldpm.models import (MRControlNet, PatchDiscriminator, Sketcher, SwinIR, build_denoiser,
                          build_vae, null_text_embedding, to_vae_input)
 from ldpm.sampling import base_alphas_cumprod, respace
+from ldpm.seeding import step_generator
 from ldpm.sampling.spaced import plain_sample
 from ldpm.train.controlnet import condition_pool, controlnet_loss
 from ldpm.train.sketcher import sketcher_loss
@@ -98,7 +99,7 @@ def test_vae_sees_images_in_the_reconstruction_scale(monkeypatch, images, tmp_pa
            "ckpt_every": 1, "disc_start": None, "masks": {"acceleration": 4, "center_fraction": 0.08}}
     train_vae(images, cfg, tmp_path / "vae", log=False)
     x = seen[0]
-    raw = loop.random_batch(images, 3, None, loop.step_generator(0, 0))
+    raw = loop.random_batch(images, 3, None, step_generator(0, 0))
     x_u, _, _ = loop.undersampled_batch(raw, 4, 0.08, 0, 0)
     torch.testing.assert_close(x, raw / _per_sample_max(x_u).view(-1, 1, 1, 1), rtol=1e-5, atol=1e-7)
 

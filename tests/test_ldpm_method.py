@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import ldpm.methods_ldpm as ml
+import ldpm.methods.ldpm as ml
 from ldpm.methods import measure, method_stages, stage_dependencies
 from ldpm.mri import mask_for_slice
 from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding

@@ -1,4 +1,4 @@
-"""LoRA on LDPM's denoiser (issue #9): only adapter (and control) weights train, exact save/load,
+"""LoRA on LDPM's denoiser: only adapter (and control) weights train, exact save/load,
 weighted combination of two adapters, the stage/method graph, and the study's table."""
 
 import copy
@@ -12,7 +12,7 @@ import torch
 
 from ldpm.methods import (method_options, method_stages, reconstruct_shard, stage_dependencies,
                           timing_path)
-from ldpm.methods_lora import own_stages, step_variant, study_methods
+from ldpm.methods.graph import own_stages, step_variant, study_methods
 from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
 from ldpm.models.lora import (LORA_WEIGHTS_FILE, adapter_parameters, add_lora, combine_adapters,
                               load_lora, save_lora)

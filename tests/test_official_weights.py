@@ -1,5 +1,5 @@
 """fastMRI's published multicoil U-Net and E2E-VarNet weights (``unet_official`` and
-``varnet_official``, issue #5; the paper used both).
+``varnet_official``; the paper used both).
 
 Our models must load fastMRI's state dicts and compute what fastMRI's own code computes
 (checked against the ``fastmri`` package, installed with ``--no-deps`` by ``make install`` for

@@ -284,7 +284,7 @@ def test_vae_recon_cli_and_its_evaluation(tmp_path):
     from ldpm.metrics.vae_eval import autoencode
     from ldpm.mri import zero_filled
     from ldpm.methods import measure
-    from ldpm.train.vae import load_vae
+    from ldpm.checkpoints import load_vae
     with h5py.File(shards[0]) as f:
         x, m = f["target"][()], f["mask"][()]
     s = np.abs(zero_filled(measure(x, m))).reshape(len(x), -1).max(1)[:, None, None]

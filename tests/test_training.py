@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from ldpm.models import NullContextEps, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
 from ldpm.models.vae import VGG_OFF_NOTE
 from ldpm.sampling import base_alphas_cumprod
-from ldpm.train import (load_controlnet, load_denoiser, load_sketcher, load_vae, step_generator,
-                        train, train_controlnet, train_denoiser, train_sketcher, train_vae)
+from ldpm.checkpoints import load_controlnet, load_denoiser, load_sketcher, load_vae
+from ldpm.seeding import step_generator
+from ldpm.train import train, train_controlnet, train_denoiser, train_sketcher, train_vae
 from ldpm.train.controlnet import controlnet_loss
 from ldpm.train.denoiser import denoiser_loss, encode_images
 from ldpm.train.sketcher import sketcher_loss
@@ -292,7 +293,8 @@ def test_augmentation_is_seeded_and_does_what_it_says():
     """gamma keeps each image's maximum and darkens (gamma > 1) its mid-tones; zoom shrinks the
     anatomy about the centre of an empty field of view; p = 0 returns the images unchanged;
     the same generator seed gives the same batch."""
-    from ldpm.train.loop import augment_images, random_batch, step_generator
+    from ldpm.seeding import step_generator
+    from ldpm.train.loop import augment_images, random_batch
 
     x = smooth_slices(disc=True)[:4]
     gamma_only = {"gamma": [2.0, 2.0], "zoom": [1.0, 1.0]}

@@ -29,6 +29,7 @@ import torch
 from ..errors import LdpmInputError
 from ..mri import RandomMaskFunc, fft2c, ifft2c
 from ..mri.masks import slice_seed
+from ..seeding import seeded_generator
 
 #: Every task DiffCode knows, in table order. The first three are simulated from MRI slices.
 TASKS = ("mri_sr", "mri_recon", "mri_denoise", "ct_denoise", "pet_synthesis")
@@ -105,9 +106,7 @@ def slice_generator(seed: int, volume: str, slice_index: int, task: str,
                     purpose: int = 0) -> torch.Generator:
     """The generator of one test slice, from ``(seed, volume, slice, task, purpose)``; purpose
     0: its degradation, 1: a method's sampling noise (DiffCode's reverse chain)."""
-    s = np.random.SeedSequence([*slice_seed(seed, volume, slice_index), TASKS.index(task), int(purpose)])
-    a, b = s.generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(a) << 32 | int(b))
+    return seeded_generator(*slice_seed(seed, volume, slice_index), TASKS.index(task), int(purpose))
 
 
 def degrade_test_slices(task: str, targets: np.ndarray, masks: np.ndarray, volumes: list[str],

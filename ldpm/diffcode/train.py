@@ -31,8 +31,9 @@ from torch import nn
 
 from ..errors import LdpmInputError
 from ..models.pretrained import loading_checkpoint
-from ..train.loop import final_fix, freeze, read_final, train
-from ..train.runtime import resolve_device
+from ..checkpoints import final_fix, read_final
+from ..device import resolve_device
+from ..train.loop import freeze, train
 from .config import stage_dependencies, stage_kind
 from .data import read_task_pairs, split_pairs
 from .degradations import DATA_TASKS, MRI_TASKS, degrade

@@ -2,7 +2,7 @@
 
 Two VAEs: ``mr`` (the trained MR-VAE, ``<vae_dir>/final``) and ``untuned`` (the VAE it was
 fine-tuned from: Stable Diffusion's when ``sd_path`` is given, else the natural-image VAE of the
-``vae_natural`` stage; :func:`ldpm.methods_ldpm.untuned_vae`). Each slice is divided by
+``vae_natural`` stage; :func:`ldpm.methods.ldpm.untuned_vae`). Each slice is divided by
 ``max |x_u|`` under its stored test mask (:func:`ldpm.mri.measurement_scale`, the scale LDPM
 works in), passed through ``E`` then ``D``
 (:func:`ldpm.models.vae_encode` / :func:`~ldpm.models.vae_decode`, the posterior mean, as
@@ -45,8 +45,8 @@ def vae_source(kind: str, vae_dir: Path, sd_path: str | None, untuned_dir: Path 
 
 
 def load_vae_kind(kind: str, vae_dir: Path, sd_path: str | None, untuned_dir: Path | None = None):
-    from ..methods_ldpm import untuned_vae
-    from ..train.vae import load_vae
+    from ..methods.ldpm import untuned_vae
+    from ..checkpoints import load_vae
 
     if kind not in VAE_KINDS:
         raise LdpmInputError(f"vae {kind!r}", "unknown VAE", f"use one of {list(VAE_KINDS)}")

@@ -1,4 +1,4 @@
-"""Low-rank adapters (LoRA) on the denoiser U-Net's attention projections (seed 003, issue #9).
+"""Low-rank adapters (LoRA) on the denoiser U-Net's attention projections (seed 003).
 
 A LoRA adapter adds ``ΔW = (alpha / r) · B A`` (``A``: r x d_in, ``B``: d_out x r, ``B = 0`` at
 init) beside each targeted linear layer ``W`` of the frozen U-Net, so the adapted layer computes

@@ -89,3 +89,11 @@ def dsm_loss(model: nn.Module, x: torch.Tensor, sde: VESDE, generator: torch.Gen
     score = model(x + sigma[:, None, None, None] * z, sigma)
     per_sample = 0.5 * torch.square(score * sigma[:, None, None, None] + z).reshape(b, -1).sum(-1)
     return per_sample.mean()
+
+
+def sde_from_config(cfg: Mapping[str, Any], n_steps: int | None = None) -> VESDE:
+    """The VE SDE of a Score-MRI stage config (``sde``: sigma_min, sigma_max; ``sampler.n_steps``
+    or ``n_steps``: the N discretisation levels)."""
+    sde = dict(cfg.get("sde") or {})
+    n = n_steps if n_steps is not None else (cfg.get("sampler") or {}).get("n_steps", 2000)
+    return VESDE(float(sde.get("sigma_min", 0.01)), float(sde.get("sigma_max", 378.0)), int(n))

@@ -1,6 +1,6 @@
-"""The LoRA study's table (seed 003, issue #9) from a run's ``results/`` folder.
+"""The LoRA study's table (seed 003) from a run's ``results/`` folder.
 
-One row per reconstructed method (:func:`ldpm.methods_lora.study_methods`): LDPM with its frozen
+One row per reconstructed method (:func:`ldpm.methods.graph.study_methods`): LDPM with its frozen
 denoiser, LDPM + LoRA at two ranks, each contrast-group adapter alone and both combined, and the
 fewer-step rows. Every number is read from files this run wrote:
 
@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import LdpmInputError
 from ..methods import timing_path
-from ..methods_lora import LORA_GROUP_STAGES, LORA_METHODS, own_stages, step_variant
+from ..methods.graph import LORA_GROUP_STAGES, LORA_METHODS, own_stages, step_variant
 from .tables import load_summary, write_table
 
 #: (key, column title, higher is better, decimals)

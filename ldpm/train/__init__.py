@@ -1,7 +1,7 @@
 """Training stages of LDPM, in order: sketcher -> vae -> denoiser (no SD only) -> controlnet.
 
-Each stage has ``train_<stage>(images, cfg, ckpt_dir, seed, n_steps, ...)`` and
-``load_<stage>(ckpt_dir, ...)``; all share the resumable loop in :mod:`ldpm.train.loop`.
+Each stage has ``train_<stage>(images, cfg, ckpt_dir, seed, n_steps, ...)``; all share the
+resumable loop in :mod:`ldpm.train.loop`. What they write is read back by :mod:`ldpm.checkpoints`.
 """
 
 import importlib
@@ -9,12 +9,10 @@ import importlib
 # Names are imported lazily (PEP 562), so that ``import ldpm.train.loop`` (e.g. by the DiffCode
 # stages) does not pull in diffusers through the LDPM stage modules.
 _HOMES = {
-    "load_controlnet": "controlnet", "train_controlnet": "controlnet",
-    "load_denoiser": "denoiser", "train_denoiser": "denoiser",
-    "random_batch": "loop", "step_generator": "loop", "train": "loop", "undersampled_batch": "loop",
+    "train_controlnet": "controlnet", "train_denoiser": "denoiser",
+    "random_batch": "loop", "train": "loop", "undersampled_batch": "loop",
     "DEFAULT_CONFIG": "presets", "PAPER_CONFIG": "presets", "stage_config": "presets",
-    "load_sketcher": "sketcher", "train_sketcher": "sketcher",
-    "load_vae": "vae", "train_vae": "vae",
+    "train_sketcher": "sketcher", "train_vae": "vae",
 }
 
 
@@ -25,8 +23,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "train", "step_generator", "random_batch", "undersampled_batch",
-    "train_sketcher", "load_sketcher", "train_vae", "load_vae", "train_denoiser",
-    "load_denoiser", "train_controlnet", "load_controlnet",
+    "train", "random_batch", "undersampled_batch",
+    "train_sketcher", "train_vae", "train_denoiser", "train_controlnet",
     "DEFAULT_CONFIG", "PAPER_CONFIG", "stage_config",
 ]

@@ -1,7 +1,7 @@
 """Training, loading and inference of the Table I baselines: U-Net, E2E-VarNet, SwinMR (nPI),
 Score-MRI. All four are trained here from scratch on our nPI data (single-coil k-space of the
 RSS image); no official weights are downloaded. fastMRI's official multicoil VarNet weights, which
-the paper used, are a separate method, ``varnet_official`` (:mod:`ldpm.methods_baselines`).
+the paper used, are a separate method, ``varnet_official`` (:mod:`ldpm.methods.baselines`).
 
 Data: ``images`` [N, 1, H, W] magnitudes in [0, 1]. Each step draws a batch (with replacement)
 and per-sample 8x masks seeded ``(seed, step, i)`` (:func:`ldpm.train.loop.undersampled_batch`),
@@ -29,26 +29,20 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from ..checkpoints import build_baseline, check_baseline_name, load_baseline
 from ..errors import LdpmInputError
-from ..models.score import ScoreNet, VESDE, dsm_loss
-from ..models.swinmr import SwinMR, SwinMRLoss
-from ..models.unet import UnetRecon
-from ..models.varnet import VarNet
-from ..mri import ifft2c, measurement_scale
-from ..sampling.score_pc import score_pc_sample
-from ..models.pretrained import loading_checkpoint
+from ..models.score import dsm_loss, sde_from_config
+from ..models.swinmr import SwinMRLoss
+from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, stage_masks,
+                   sync_gradients, train)
 from .presets import AUGMENT
-from .loop import (crop_pair, final_fix, make_batch, random_batch, read_final,  # noqa: F401
-                   resolve_n_steps, stage_masks, sync_gradients, train)
 from .runtime import Runtime
 
-BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 _COMMON = {"epochs": None, "ckpt_every": 50, "ema": 0.0, "grad_clip": None, "warmup": 0,
            "lr_milestones": [], "lr_milestones_epochs": [], "lr_gamma": 0.1, "augment": None}
 
@@ -119,28 +113,10 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
 def baseline_config(name: str, overrides: Mapping[str, Any] | None = None,
                     preset: str = "default") -> dict[str, Any]:
     """A deep copy of a preset's config of ``name`` with ``overrides`` (shallow per key)."""
-    _check_name(name)
+    check_baseline_name(name)
     out = copy.deepcopy({"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][name])
     out.update(copy.deepcopy(dict(overrides or {})))
     return out
-
-
-def _check_name(name: str) -> None:
-    if name not in BASELINES:
-        raise LdpmInputError(f"baseline {name!r}", "unknown baseline", f"use one of {BASELINES}")
-
-
-def build_model(name: str, cfg: Mapping[str, Any]) -> nn.Module:
-    """The network of baseline ``name`` from its method config (``cfg['model']``)."""
-    _check_name(name)
-    cls = {"unet": UnetRecon, "varnet": VarNet, "swinmr": SwinMR, "score_mri": ScoreNet}[name]
-    return cls(cfg.get("model"))
-
-
-def sde_of(cfg: Mapping[str, Any], n_steps: int | None = None) -> VESDE:
-    sde = dict(cfg.get("sde") or {})
-    n = n_steps if n_steps is not None else (cfg.get("sampler") or {}).get("n_steps", 2000)
-    return VESDE(float(sde.get("sigma_min", 0.01)), float(sde.get("sigma_max", 378.0)), int(n))
 
 
 @torch.no_grad()
@@ -177,7 +153,7 @@ def compute_loss(name: str, model: nn.Module, batch: Mapping[str, torch.Tensor],
     """The training loss of one batch (from :func:`make_batch`) and the scalars to log."""
     x = batch["target"]
     if name == "score_mri":
-        loss = dsm_loss(model, x, sde_of(cfg), generator, float((cfg.get("sampler") or {}).get("eps", 1e-5)))
+        loss = dsm_loss(model, x, sde_from_config(cfg), generator, float((cfg.get("sampler") or {}).get("eps", 1e-5)))
         return loss, {"loss": loss.item()}
     if name == "varnet":
         pred = model(batch["k_u"], batch["mask"])
@@ -231,7 +207,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
     steps_per_epoch = max(1, math.ceil(len(images) / int(cfg["batch_size"])))
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(seed)
-        model = build_model(name, cfg).to(rt.device)
+        model = build_baseline(name, cfg).to(rt.device)
     opt = make_optimizer(cfg, model.parameters())
     modules: dict[str, nn.Module] = {"model": model}
     ema_decay = float(cfg.get("ema") or 0.0)
@@ -276,63 +252,3 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
     if meta["steps_done"] == n_steps:
         return load_baseline(ckpt_dir)[0]
     return (ema if ema is not None else model).eval()
-
-
-def load_baseline(ckpt: str | Path, expect: str | None = None) -> tuple[nn.Module, str, dict]:
-    """``(model, name, cfg)`` from a training folder (or its ``final/``); eval mode, frozen."""
-    final, meta = read_final(ckpt, "baseline", "run ldpm.train.baselines.train_baseline first")
-    with loading_checkpoint(final / "config.json", final_fix(final)):
-        name, cfg = str(meta["name"]), dict(meta["config"])
-    if expect is not None and name != expect:
-        raise LdpmInputError(final, f"holds a {name!r} model, not {expect!r}",
-                             f"pass the {expect} training folder")
-    with loading_checkpoint(final, final_fix(final)):
-        model = build_model(name, cfg)
-        model.load_state_dict(load_file(final / "model.safetensors"), strict=True)
-    return model.eval().requires_grad_(False), name, cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# Inference
-
-
-def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.ndarray,
-                mask: np.ndarray, options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """``k_u`` [N, H, W] complex, ``mask`` [N, W] -> magnitudes [N, H, W] float32.
-
-    ``options``: ``batch_size`` (8); Score-MRI: ``n_steps`` (N), ``snr``, ``n_corrector``,
-    ``predictor``, ``slice_seeds`` (one seed per slice; default: slice ``i`` of this call draws
-    its noise from ``(seed, i)``).
-    """
-    opts = dict(options or {})
-    dev = torch.device(opts.get("device", "cpu"))
-    model = model.to(dev)
-    k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(device=dev, dtype=torch.complex64)
-    m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=torch.float32)
-    bs = int(opts.get("batch_size", 8))
-    samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in (
-        "n_steps", "snr", "n_corrector", "eps", "predictor") if k in opts}}
-    seed = int(opts.get("seed", 0))
-    slice_seeds = opts.get("slice_seeds") or [
-        int(np.random.SeedSequence([seed & 0xFFFFFFFF, i]).generate_state(1)[0])
-        for i in range(len(k_u))]
-    out = []
-    with torch.no_grad():
-        for i0 in range(0, len(k_all), bs):
-            k, m = k_all[i0:i0 + bs], m_all[i0:i0 + bs]
-            x_u = ifft2c(k).abs()[:, None]
-            s = measurement_scale(x_u)
-            k, x_u = k / s[:, 0], x_u / s
-            if name == "varnet":
-                rec = model(k, m)
-            elif name == "score_mri":
-                gens = [torch.Generator().manual_seed(slice_seeds[i0 + j]) for j in range(len(k))]
-                rec = score_pc_sample(model, k, m, sde_of(cfg, int(samp.get("n_steps", 2000))),
-                                      float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
-                                      float(samp.get("eps", 1e-5)), gens,
-                                      str(samp.get("predictor", "reverse_diffusion"))).abs()[:, None]
-            else:
-                rec = model(x_u)
-            out.append((rec * s)[:, 0].float().cpu().numpy())
-    h, w = k_all.shape[-2:]
-    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)

@@ -11,18 +11,18 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
+from torch import nn
 
-from ..errors import LdpmInputError
-from ..models import MRControlNet, Sketcher, load_controlnet_model, save_controlnet, vae_encode
+from ..checkpoints import load_controlnet
+from ..models import MRControlNet, Sketcher, save_controlnet, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
-from ..models.pretrained import load_safetensors_file, loading_checkpoint
 from ..sampling import base_alphas_cumprod
+from ..seeding import step_generator
 from .denoiser import noisy_latents
-from .loop import (augment_images, check_final, crop_pair, final_fix, freeze, make_batch,
-                   random_batch, resolve_n_steps, scheduled_lr, stage_masks, step_generator, train)
+from .loop import (augment_images, crop_pair, freeze, make_batch, random_batch, resolve_n_steps,
+                   scheduled_lr, stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -139,15 +139,3 @@ def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_d
                  save_final, int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after,
                  runtime=rt)
     return load_controlnet(ckpt_dir, denoiser.cpu()) if meta["steps_done"] == n_steps else model.eval()
-
-
-def load_controlnet(ckpt_dir: str | Path, denoiser: UNet2DConditionModel) -> MRControlNet:
-    """The trained :class:`MRControlNet` from ``ckpt_dir/final`` on top of ``denoiser`` (eval)."""
-    final = Path(ckpt_dir) / "final"
-    if not (final / NULL_EMBEDDING_FILE).is_file():
-        raise LdpmInputError(final, "no trained controlnet here", "run the controlnet training stage")
-    fix = final_fix(check_final(final))
-    with loading_checkpoint(final, fix):
-        cn = load_controlnet_model(final)
-        model = MRControlNet(denoiser, cn, load_safetensors_file(final / NULL_EMBEDDING_FILE, fix)["null"])
-    return model.eval().requires_grad_(False)

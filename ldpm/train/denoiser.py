@@ -14,12 +14,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
-from ..errors import LdpmInputError
+from ..checkpoints import load_denoiser
 from ..models import NullContextEps, build_denoiser, null_text_embedding, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
-from ..models.pretrained import load_safetensors_file, loading_checkpoint
 from ..sampling import base_alphas_cumprod
-from .loop import check_final, final_fix, random_batch, resolve_n_steps, scheduled_lr, set_lr, train
+from .loop import random_batch, resolve_n_steps, scheduled_lr, set_lr, train
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 from .vae import normalised_images
@@ -92,16 +91,3 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
                  meta_extra=lambda: {"vae_scaling_factor": float(vae.config.scaling_factor),
                                      "latent_std": float(latents.std())})
     return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else (unet.eval(), null)
-
-
-def load_denoiser(ckpt_dir: str | Path) -> tuple[UNet2DConditionModel, torch.Tensor]:
-    """``(unet, null_embedding)`` from ``ckpt_dir/final`` (eval mode, frozen)."""
-    final = Path(ckpt_dir) / "final"
-    if not (final / "config.json").is_file():
-        raise LdpmInputError(final, "no trained denoiser here", "run the denoiser training stage")
-    fix = final_fix(check_final(final))
-    with loading_checkpoint(final, fix):
-        unet = UNet2DConditionModel.from_pretrained(final, local_files_only=True,
-                                                    low_cpu_mem_usage=False)
-        null = load_safetensors_file(final / NULL_EMBEDDING_FILE, fix)["null"]
-    return unet.eval().requires_grad_(False), null

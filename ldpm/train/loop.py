@@ -41,22 +41,11 @@ from tqdm.auto import tqdm
 
 from ..errors import LdpmInputError
 from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
-from ..models.pretrained import (check_checkpoint_folder, loading_checkpoint,
-                                 read_json_file)
+from ..models.pretrained import loading_checkpoint
 from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
 from .runtime import Runtime
 
 StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
-
-
-def step_generator(seed: int, step: int, *keys: int) -> torch.Generator:
-    """The CPU generator of training step ``step``: seeded from ``(seed, step)`` only (more
-    ``keys``: a stream of its own, e.g. per precomputed mask and chunk)."""
-    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), *map(int, keys)]
-                               ).generate_state(2, np.uint32)
-    g = torch.Generator(device="cpu")
-    g.manual_seed(int(s[0]) << 32 | int(s[1]))
-    return g
 
 
 def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
@@ -224,34 +213,6 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
-
-
-def final_fix(final: str | Path) -> str:
-    """The fix for an unreadable file in a trained stage's ``final/``."""
-    return (f"delete {final} and run that training stage again (it rewrites final/ from an "
-            "intact last.pt, or retrains)")
-
-
-def check_final(final: str | Path) -> Path:
-    """``final`` after checking its JSON and safetensors files (:class:`LdpmInputError` naming
-    the first unreadable one)."""
-    final = Path(final)
-    check_checkpoint_folder(final, final_fix(final))
-    return final
-
-
-def read_final(folder: str | Path, what: str, fix: str) -> tuple[Path, dict]:
-    """``(final, config)`` of a trained stage: its ``final/`` (``folder`` itself or
-    ``folder/final``, holding ``model.safetensors`` + ``config.json``) and that config.
-
-    A truncated or junk file there is refused by name (:func:`check_final`)."""
-    folder = Path(folder)
-    final = folder if (folder / "model.safetensors").is_file() else folder / "final"
-    if not (final / "model.safetensors").is_file() or not (final / "config.json").is_file():
-        raise LdpmInputError(folder, f"no trained {what} here (final/model.safetensors + "
-                             "config.json)", fix)
-    check_final(final)
-    return final, read_json_file(final / "config.json", final_fix(final))
 
 
 def _write_dir_atomic(final: Path, writer: Callable[[Path], None]) -> None:

@@ -1,4 +1,4 @@
-"""LoRA stages (seed 003, issue #9): low-rank adapters on LDPM's frozen denoiser, eq. 7's loss.
+"""LoRA stages (seed 003): low-rank adapters on LDPM's frozen denoiser, eq. 7's loss.
 
 The adapter sits on the denoiser's attention projections (:mod:`ldpm.models.lora`); the base U-Net
 stays frozen and bit-identical. The loss is MRControlNet's (eq. 7,
@@ -19,7 +19,7 @@ now with ``eps_theta`` = frozen denoiser + adapter + control branch.
 
 ``final/``: ``pytorch_lora_weights.safetensors`` (diffusers LoRA weights with their
 ``LoraConfig``), ``lora.json``; joint stages also the control branch as the ``controlnet`` stage
-writes it (so :func:`ldpm.train.controlnet.load_controlnet` reads it). ``meta.json`` adds the
+writes it (so :func:`ldpm.checkpoints.load_controlnet` reads it). ``meta.json`` adds the
 trainable parameter counts (``trainable_parameters``, ``adapter_parameters``,
 ``control_parameters``) to the loop's ``seconds`` and ``steps_done``.
 """
@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from ..data.store import load_split
 from ..errors import LdpmInputError
-from ..methods_lora import LORA_GROUP_STAGES, LORA_JOINT_STAGES, LORA_STAGES
+from ..methods.graph import LORA_GROUP_STAGES, LORA_JOINT_STAGES, LORA_STAGES
 from ..models import MRControlNet, Sketcher, save_controlnet
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..models.lora import DEFAULT_TARGETS, AdapterState, add_lora, count_parameters, save_lora
@@ -150,10 +150,7 @@ def run_lora_stage(stage: str, manifest: str | Path, images: torch.Tensor, cfg: 
                    out_dir: str | Path, deps: Mapping[str, Path], sd_path: str | None, seed: int,
                    runtime: Runtime | None = None) -> dict[str, Any]:
     """``ldpm train --stage lora_*``: build the generator the stage adapts, then :func:`train_lora`."""
-    from .controlnet import load_controlnet
-    from .sketcher import load_sketcher
-    from .stages import load_prior
-    from .vae import load_vae
+    from ..checkpoints import load_controlnet, load_prior, load_sketcher, load_vae
 
     if stage not in LORA_STAGES:
         raise LdpmInputError(f"stage {stage!r}", "is not a LoRA stage", f"use one of: {', '.join(LORA_STAGES)}")

@@ -10,7 +10,7 @@ stays as it is):
 * every rank starts from the same weights (seeded initialisation, then a broadcast from rank 0);
 * step ``i`` of rank ``r`` draws its own batch of ``batch_size / N`` samples from
   :meth:`Runtime.generator` ``(seed, i)`` (seeded by ``(seed, i, r, N)``; one process: exactly
-  ``loop.step_generator(seed, i)``), so the N ranks together see ``batch_size`` samples;
+  ``ldpm.seeding.step_generator(seed, i)``), so the N ranks together see ``batch_size`` samples;
 * before an optimizer steps, the gradients of its parameters are averaged over the ranks
   (:meth:`Runtime.sync_gradients`, one all-reduce per optimizer and step; a parameter no rank
   has a gradient for keeps ``None``, so it is skipped as in one process);
@@ -27,14 +27,14 @@ import os
 from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..device import resolve_device
 from ..errors import LdpmInputError
+from ..seeding import step_generator
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,9 @@ class Runtime:
 
     def generator(self, seed: int, step: int) -> torch.Generator:
         """The CPU generator of ``step`` on this rank (one process: ``step_generator(seed, step)``)."""
-        from .loop import step_generator
-
         if not self.distributed:
             return step_generator(seed, step)
-        s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), self.rank, self.world_size])
-        a, b = s.generate_state(2, np.uint32)
-        return torch.Generator(device="cpu").manual_seed(int(a) << 32 | int(b))
+        return step_generator(seed, step, self.rank, self.world_size)
 
     def broadcast_parameters(self, modules: Iterable[nn.Module]) -> None:
         """Rank 0's parameters and buffers on every rank."""
@@ -113,18 +109,6 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:local_rank`` if a GPU is visible, else CPU; ``cuda`` without one is refused."""
-    if device not in DEVICES:
-        raise LdpmInputError(f"device {device!r}", "unknown device", f"use one of: {', '.join(DEVICES)}")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise LdpmInputError("device 'cuda'", "no GPU is visible to this process",
-                             "use --device auto or cpu, or run on a GPU node")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def current_runtime(device: str = "auto") -> Runtime:

@@ -9,11 +9,10 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save_file
 
-from ..errors import LdpmInputError
+from ..checkpoints import load_sketcher
 from ..models import Sketcher, SwinIR
-from ..models.pretrained import load_safetensors_file, loading_checkpoint, read_json_file
-from .loop import (check_final, crop_pair, final_fix, make_batch, random_batch, resolve_n_steps,
-                   scheduled_lr, set_lr, stage_masks, train)
+from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr, set_lr,
+                   stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -63,17 +62,3 @@ def train_sketcher(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
     meta = train(step_fn, {"model": model}, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
                  int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after, runtime=rt)
     return load_sketcher(ckpt_dir) if meta["steps_done"] == n_steps else model.eval()
-
-
-def load_sketcher(ckpt_dir: str | Path) -> Sketcher:
-    """The trained Sketcher from ``ckpt_dir/final`` (eval mode, frozen)."""
-    final = Path(ckpt_dir) / "final"
-    if not (final / "model.safetensors").is_file():
-        raise LdpmInputError(final, "no trained sketcher here", "run the sketcher training stage")
-    fix = final_fix(check_final(final))
-    config = read_json_file(final / "config.json", fix)
-    state = load_safetensors_file(final / "model.safetensors", fix)
-    with loading_checkpoint(final, fix):
-        repair = SwinIR(config)
-        repair.load_state_dict(state, strict=True)
-    return Sketcher(repair).eval().requires_grad_(False)

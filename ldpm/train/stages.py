@@ -6,7 +6,7 @@ the paper fine-tunes SD's); ``vae`` (MR-VAE, fine-tuned from SD's VAE when
 ``pretrained.sd_path`` is set, else from ``vae_natural``); ``denoiser`` (only without SD weights: an unconditional latent
 denoiser trained on MR-VAE latents, then frozen as the prior); ``controlnet`` (MRControlNet's
 control branch). Baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``. LoRA study
-(issue #9, :mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``, ``lora_t1``, ``lora_t2``.
+(:mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``, ``lora_t1``, ``lora_t2``.
 
 Stage configs are the preset (``ldpm.train.presets`` / ``ldpm.train.baselines``, ``default`` or
 ``paper``) with the config's ``train.stages.<stage>`` overrides; an override key the preset
@@ -21,13 +21,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..checkpoints import load_prior
 from ..data.store import load_split
 from ..errors import LdpmInputError
-from ..methods_lora import LORA_STAGES  # issue #9: lora_r4 lora_r16 lora_t1 lora_t2 (ldpm.train.lora)
-
-LDPM_STAGES = ("sketcher", "vae_natural", "vae", "denoiser", "controlnet")
-BASELINE_STAGES = ("unet", "varnet", "swinmr", "score_mri")
-STAGES = LDPM_STAGES + BASELINE_STAGES + LORA_STAGES
+from ..methods.graph import BASELINES as BASELINE_STAGES, LORA_STAGES, STAGES
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
@@ -71,21 +68,6 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
     overrides = validate_stage_overrides(stage, overrides or {})
     return {**base, **overrides,
             "masks": training_masks({"masks": masks} if masks is not None else None)}
-
-
-def load_prior(deps: Mapping[str, Path], sd_path: str | None):
-    """The frozen denoiser and its null text embedding: SD's UNet, or our trained one."""
-    if sd_path:
-        from ..models import build_denoiser, null_text_embedding
-
-        unet = build_denoiser(None, sd_path)
-        return unet.eval().requires_grad_(False), null_text_embedding(unet, sd_path)
-    from .denoiser import load_denoiser
-
-    if "denoiser" not in deps:
-        raise LdpmInputError("ldpm train", "no denoiser folder given and no pretrained.sd_path",
-                             "pass --dep denoiser=<folder> or set pretrained.sd_path")
-    return load_denoiser(deps["denoiser"])
 
 
 def _need(deps: Mapping[str, Path], *names: str) -> None:
@@ -139,8 +121,8 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
                   vgg_weights=pretrained.get("vgg16_path") or None, runtime=rt, init=init,
                   stage=stage)
     elif stage == "denoiser":
+        from ..checkpoints import load_vae
         from .denoiser import train_denoiser
-        from .vae import load_vae
 
         _need(deps, "vae")
         train_denoiser(images, cfg, out_dir, load_vae(deps["vae"]), seed=seed, runtime=rt)
@@ -149,9 +131,8 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
 
         run_lora_stage(stage, manifest, images, cfg, out_dir, deps, sd_path, seed, runtime=rt)
     else:  # controlnet
+        from ..checkpoints import load_sketcher, load_vae
         from .controlnet import train_controlnet
-        from .sketcher import load_sketcher
-        from .vae import load_vae
 
         _need(deps, "sketcher", "vae")
         denoiser, null = load_prior(deps, sd_path)

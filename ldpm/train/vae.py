@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from ..errors import LdpmInputError
+from ..checkpoints import load_vae
 from ..models import PatchDiscriminator, VGGPerceptual, build_vae, from_vae_output, to_vae_input
-from ..models.pretrained import loading_checkpoint
 from ..models.vae import VGG_OFF_NOTE
-from .loop import (check_final, crop_pair, final_fix, make_batch, random_batch, resolve_n_steps,
-                   scheduled_lr, set_lr, stage_masks, train)
+from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr, set_lr,
+                   stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -155,13 +154,3 @@ def normalised_images(images: torch.Tensor, cfg: Mapping[str, Any], seed: int) -
     scale every LDPM network sees; used where a stage needs all images at once."""
     return torch.cat([make_batch(images[i:i + 64], *stage_masks(cfg), seed, i)["target"]
                       for i in range(0, len(images), 64)])
-
-
-def load_vae(ckpt_dir: str | Path) -> AutoencoderKL:
-    """The trained MR-VAE from ``ckpt_dir/final`` (eval mode, frozen)."""
-    final = Path(ckpt_dir) / "final"
-    if not (final / "config.json").is_file():
-        raise LdpmInputError(final, "no trained VAE here", "run the vae training stage")
-    with loading_checkpoint(final, final_fix(check_final(final))):
-        vae = AutoencoderKL.from_pretrained(final, local_files_only=True, low_cpu_mem_usage=False)
-    return vae.eval().requires_grad_(False)

@@ -55,11 +55,11 @@ report = build.write_report(results, with_fig3=bool(with_fig3))
 print(report)'''),
 ]
 
-# The LoRA study (seed 003, issue #9): one table from results/ (ldpm.report.lora)
+# The LoRA study (seed 003): one table from results/ (ldpm.report.lora)
 LORA = [
     ("parameters", '''# Parameters (papermill overrides these)
 results_dir = "results"
-methods = "ldpm"                     # the study's rows (ldpm.methods_lora.study_methods), comma-separated
+methods = "ldpm"                     # the study's rows (ldpm.methods.graph.study_methods), comma-separated
 n_steps = 25                         # inference.ldpm.n_steps: the rows without a _s<N> suffix
 mix_weights = "0.5,0.5"              # inference.lora.mix_weights'''),
     (None, '''from pathlib import Path
@@ -75,7 +75,7 @@ lora_table = make_lora_table(Path(results_dir), method_list, int(n_steps), weigh
 display(Markdown(lora_table[1].read_text()))'''),
 ]
 
-# DiffCode (seed 002, issue #8): its Table 1 and Table 2 from results/diffcode/metrics
+# DiffCode (seed 002): its Table 1 and Table 2 from results/diffcode/metrics
 DIFFCODE = [
     ("parameters", '''# Parameters (papermill overrides these)
 results_dir = "results"

@@ -7,7 +7,7 @@ import json
 import shlex
 
 from ldpm.methods import BASELINES, MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
-from ldpm.methods_lora import study_methods
+from ldpm.methods.graph import study_methods
 
 # `config` was validated by the Snakefile (ldpm.config.validate_config) before this file.
 

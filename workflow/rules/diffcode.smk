@@ -1,4 +1,4 @@
-# DiffCode (seed 002, issue #8): all-in-one restoration as its own method family.
+# DiffCode (seed 002): all-in-one restoration as its own method family.
 #   train (one rule, stage wildcard: bank[_single] -> retrieval[_direct|_single] -> restore*,
 #   and the all-in-one unet/swinir) -> evaluate (one job per method: per-task PSNR/SSIM/RMSE)
 #   -> report (papermill: DiffCode Tables 1 and 2). Nothing here when diffcode.enabled is false.

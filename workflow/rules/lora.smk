@@ -1,8 +1,8 @@
-# LoRA adaptation of LDPM's denoiser (seed 003, issue #9). Its stages (lora_r4, lora_r16,
+# LoRA adaptation of LDPM's denoiser (seed 003). Its stages (lora_r4, lora_r16,
 # lora_t1, lora_t2) go through the `train` rule and its methods (LORA_METHODS, common.smk)
 # through `reconstruct` and `evaluate`; this file only adds the table, rendered by papermill.
 
-from ldpm.methods_lora import own_stages
+from ldpm.methods.graph import own_stages
 
 LORA_ENABLED = bool(config.get("lora", {}).get("enabled"))
 LORA_OUTPUTS = (

@@ -1,5 +1,9 @@
 """Reconstruction methods as one registry: name -> function(shard, checkpoints, options) -> images.
 
+Layout: :mod:`.graph` (torch-free: stages, methods and what each reads), :mod:`.registry`
+(``register``), and one module per family, imported by :func:`load_registry`: zero-filled
+(here), :mod:`.baselines`, :mod:`.ldpm` (LDPM and its ablations), :mod:`.lora` (the LoRA study).
+
 Every method sees exactly the same input: the test shard's ground truth is only used to
 simulate the measurement ``k_u = M * F(x)`` with the stored mask; the method then gets
 ``(k_u, M)`` and returns magnitude images. Reconstructions are written with the shard's keys.
@@ -15,23 +19,14 @@ from typing import Callable, Mapping
 import h5py
 import numpy as np
 
-from .errors import LdpmInputError
-from .io import atomic_path, write_text_atomic
-from .mri import undersample, zero_filled
-from .mri.masks import slice_seed
-
-#: (k_u [N,H,W] complex64, mask [N,W] float32, checkpoints {stage: folder}, options) -> [N,H,W]
-#: float32. ``options["slice_seeds"]`` holds one integer seed per slice (from its volume and
-#: slice index), so a sampling method gives the same result however the test set is sharded.
-Method = Callable[[np.ndarray, np.ndarray, Mapping[str, Path], dict], np.ndarray]
-METHODS: dict[str, Method] = {}
-
-
-def register(name: str) -> Callable[[Method], Method]:
-    def deco(fn: Method) -> Method:
-        METHODS[name] = fn
-        return fn
-    return deco
+from ..errors import LdpmInputError
+from ..io import atomic_path, write_text_atomic
+from ..mri import undersample, zero_filled
+from ..mri.masks import slice_seed
+from .graph import (BASELINES, LDPM_VARIANTS, LORA_METHODS, LORA_STAGES, MULTICOIL_METHODS,
+                    SKETCHER_ONLY, STAGES, method_options, method_stages, own_stages,
+                    stage_dependencies, step_variant, study_methods)
+from .registry import METHODS, Method, register
 
 
 @register("zero_filled")
@@ -46,60 +41,9 @@ def measure(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return undersample(target.astype(np.complex64), mask[:, None, :]).astype(np.complex64)
 
 
-LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
-#: Table II's "Sketcher only" row: the condition c = |DC[R(x_u), k_u, M]| itself (eq. 2-3)
-SKETCHER_ONLY = "sketcher_only"
-BASELINES = ("unet", "varnet", "swinmr", "score_mri")
-#: methods that read the raw multicoil k-space of each test slice (``options["manifest"]``
-#: leads to the volumes' source files) instead of the single-coil ``k_u``; no training stage
-MULTICOIL_METHODS = ("unet_official", "varnet_official")
-
-
-def stage_dependencies(stage: str, with_sd: bool) -> list[str]:
-    """Training stages that ``stage`` starts from (the DAG's edges between training rules)."""
-    prior = [] if with_sd else ["denoiser"]
-    from .methods_lora import lora_stage_dependencies  # issue #9
-
-    return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior],
-            "vae": [] if with_sd else ["vae_natural"]}.get(
-        stage, lora_stage_dependencies(stage, with_sd))
-
-
-def method_stages(method: str, with_sd: bool) -> list[str]:
-    """Training stages whose checkpoints ``method`` reconstructs with."""
-    if method in LDPM_VARIANTS:
-        untuned = ["vae_natural"] if method == "ldpm_wo_mrvae" and not with_sd else []
-        return ["sketcher", "vae", "controlnet", *([] if with_sd else ["denoiser"]), *untuned]
-    if method == SKETCHER_ONLY:
-        return ["sketcher"]
-    if method in BASELINES:
-        return [method]
-    if method in MULTICOIL_METHODS:
-        return []
-    from .methods_lora import lora_method_stages  # issue #9: LoRA and step-count methods
-
-    return lora_method_stages(method, with_sd)
-
-
-def method_options(method: str, inference: Mapping) -> dict:
-    """The config's ``inference`` options that ``method`` takes."""
-    opts = {"seed": inference.get("seed", 0)}
-    if method in LDPM_VARIANTS:
-        opts.update(inference.get("ldpm") or {})
-    elif method == "score_mri":
-        opts.update(inference.get("score_mri") or {})
-    elif method in MULTICOIL_METHODS:
-        opts.update(inference.get(method) or {})
-    else:
-        from .methods_lora import lora_method_options  # issue #9: LoRA and step-count methods
-
-        opts = lora_method_options(method, inference, opts)
-    return opts
-
-
 def load_registry() -> dict[str, Method]:
     """All methods: importing their modules registers them (torch is only imported here)."""
-    from . import methods_baselines, methods_ldpm, methods_lora  # noqa: F401
+    from . import baselines, ldpm, lora  # noqa: F401
 
     return METHODS
 
@@ -122,15 +66,13 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
                       checkpoints: Mapping[str, Path] | None = None,
                       options: dict | None = None) -> None:
     """Reconstruct every slice of a test shard with ``method``; write ``recon`` + keys."""
-    from .methods_lora import step_variant  # issue #9: `<method>_s<N>` = <method> with N steps
-
     base, steps = step_variant(method)
     if base not in METHODS:
         load_registry()
     if base not in METHODS:
         raise LdpmInputError(f"method {method!r}", "unknown method",
                              f"use one of: {', '.join(sorted(METHODS))}")
-    from .data.store import read_test_shard
+    from ..data.store import read_test_shard
 
     shard = read_test_shard(shard_path)
     target, mask, volume, slices = (shard[k] for k in ("target", "mask", "volume", "slice"))
@@ -158,3 +100,9 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
             f.create_dataset("volume", data=volume)
             f.create_dataset("slice", data=slices)
             f.attrs["method"] = method
+
+
+__all__ = ["BASELINES", "LDPM_VARIANTS", "LORA_METHODS", "LORA_STAGES", "METHODS", "MULTICOIL_METHODS",
+           "Method", "SKETCHER_ONLY", "STAGES", "load_registry", "measure", "method_options",
+           "method_stages", "own_stages", "reconstruct_shard", "register", "seeds_for",
+           "stage_dependencies", "step_variant", "study_methods", "timing_path"]

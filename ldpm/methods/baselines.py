@@ -3,8 +3,8 @@
 as the paper used; on the raw multicoil k-space of each test slice).
 
 Each method loads its model from ``checkpoints[name]`` (the training folder written by
-:func:`ldpm.train.baselines.train_baseline`, or its ``final/``) and reconstructs every slice
-with :func:`ldpm.train.baselines.reconstruct`. ``options``: ``batch_size``; for ``score_mri``
+:func:`ldpm.train.baselines.train_baseline`, or its ``final/``; :mod:`ldpm.checkpoints`) and
+reconstructs every slice with :func:`reconstruct`. ``options``: ``batch_size``; for ``score_mri``
 also ``n_steps`` (N), ``snr``, ``n_corrector`` and ``seed``. Deterministic given the seed.
 Import this module to register them.
 """
@@ -12,16 +12,62 @@ Import this module to register them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
+import torch
+from torch import nn
 
-from .data.fastmri import read_kspace_slices
-from .data.store import raw_sources
-from .errors import LdpmInputError
-from .methods import register
-from .mri import center_crop, ifft2c
-from .train.baselines import BASELINES, load_baseline, reconstruct
+from ..checkpoints import BASELINES, load_baseline
+from ..data.fastmri import read_kspace_slices
+from ..data.store import raw_sources
+from ..errors import LdpmInputError
+from ..models.score import sde_from_config
+from ..mri import center_crop, ifft2c, measurement_scale
+from ..sampling.score_pc import score_pc_sample
+from .registry import register
+
+
+def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.ndarray,
+                mask: np.ndarray, options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """``k_u`` [N, H, W] complex, ``mask`` [N, W] -> magnitudes [N, H, W] float32.
+
+    ``options``: ``batch_size`` (8); Score-MRI: ``n_steps`` (N), ``snr``, ``n_corrector``,
+    ``predictor``, ``slice_seeds`` (one seed per slice; default: slice ``i`` of this call draws
+    its noise from ``(seed, i)``).
+    """
+    opts = dict(options or {})
+    dev = torch.device(opts.get("device", "cpu"))
+    model = model.to(dev)
+    k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(device=dev, dtype=torch.complex64)
+    m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=torch.float32)
+    bs = int(opts.get("batch_size", 8))
+    samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in (
+        "n_steps", "snr", "n_corrector", "eps", "predictor") if k in opts}}
+    seed = int(opts.get("seed", 0))
+    slice_seeds = opts.get("slice_seeds") or [
+        int(np.random.SeedSequence([seed & 0xFFFFFFFF, i]).generate_state(1)[0])
+        for i in range(len(k_u))]
+    out = []
+    with torch.no_grad():
+        for i0 in range(0, len(k_all), bs):
+            k, m = k_all[i0:i0 + bs], m_all[i0:i0 + bs]
+            x_u = ifft2c(k).abs()[:, None]
+            s = measurement_scale(x_u)
+            k, x_u = k / s[:, 0], x_u / s
+            if name == "varnet":
+                rec = model(k, m)
+            elif name == "score_mri":
+                gens = [torch.Generator().manual_seed(slice_seeds[i0 + j]) for j in range(len(k))]
+                rec = score_pc_sample(model, k, m, sde_from_config(cfg, int(samp.get("n_steps", 2000))),
+                                      float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
+                                      float(samp.get("eps", 1e-5)), gens,
+                                      str(samp.get("predictor", "reverse_diffusion"))).abs()[:, None]
+            else:
+                rec = model(x_u)
+            out.append((rec * s)[:, 0].float().cpu().numpy())
+    h, w = k_all.shape[-2:]
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 
 
 def _make(name: str):
@@ -84,8 +130,8 @@ def unet_official_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[
     ``UnetDataTransform``), through the U-Net, un-normalised. ``options``: ``checkpoint``,
     ``model`` (:func:`ldpm.models.unet.load_official_unet`), ``device``, and those of
     :func:`multicoil_recon`."""
-    from .models.unet import load_official_unet
-    from .train.runtime import resolve_device
+    from ..device import resolve_device
+    from ..models.unet import load_official_unet
 
     device = resolve_device(options.get("device", "auto"))
     model = load_official_unet(options["checkpoint"], options.get("model")).to(device)
@@ -104,8 +150,8 @@ def varnet_official_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mappin
     (sensitivity maps from the ACS lines), RSS output. ``options``: ``checkpoint``, ``model``
     (:func:`ldpm.models.varnet.load_official_varnet`), ``device``, and those of
     :func:`multicoil_recon`."""
-    from .models.varnet import load_official_varnet
-    from .train.runtime import resolve_device
+    from ..device import resolve_device
+    from ..models.varnet import load_official_varnet
 
     device = resolve_device(options.get("device", "auto"))
     model = load_official_varnet(options["checkpoint"], options.get("model")).to(device)

@@ -28,9 +28,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .errors import LdpmInputError
-from .methods import SKETCHER_ONLY, register
-from .mri import ifft2c, measurement_scale
+from ..errors import LdpmInputError
+from ..mri import ifft2c, measurement_scale
+from .graph import SKETCHER_ONLY
+from .registry import register
 
 #: the three switches of Table II, and each method's setting of them
 VARIANTS: dict[str, dict[str, str]] = {
@@ -44,8 +45,8 @@ VARIANTS: dict[str, dict[str, str]] = {
 def untuned_vae(natural_vae_dir: Path | None, sd_path: str | None):
     """The VAE MR-VAE was fine-tuned from: SD's, or (without SD weights) the natural-image VAE
     of the ``vae_natural`` stage (:mod:`ldpm.data.natural`)."""
-    from .models import build_vae
-    from .train.vae import load_vae
+    from ..checkpoints import load_vae
+    from ..models import build_vae
 
     if sd_path:
         return build_vae(None, sd_path).eval().requires_grad_(False)
@@ -57,10 +58,7 @@ def untuned_vae(natural_vae_dir: Path | None, sd_path: str | None):
 
 def load_ldpm(checkpoints: Mapping[str, Path], vae_kind: str, sd_path: str | None):
     """``(sketcher, vae, mrcn)`` from the training folders."""
-    from .train.controlnet import load_controlnet
-    from .train.sketcher import load_sketcher
-    from .train.stages import load_prior
-    from .train.vae import load_vae
+    from ..checkpoints import load_controlnet, load_prior, load_sketcher, load_vae
 
     for name in ("sketcher", "vae", "controlnet"):
         if name not in checkpoints:
@@ -112,11 +110,11 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     """Reconstruct every slice with LDPM (or one of its ablations) -> [N, H, W] magnitudes.
 
     ``models``: ``(sketcher, vae, mrcn)`` to use instead of loading them from ``checkpoints``
-    (the LoRA generators of :mod:`ldpm.methods_lora`). The seconds spent sampling (loading
+    (the LoRA generators of :mod:`ldpm.methods.lora`). The seconds spent sampling (loading
     excluded) go to ``options["timings"]["sampling_seconds"]`` when that dict is given.
     """
-    from .models import vae_decode, vae_encode
-    from .sampling.dual_stage import DualStageSampler
+    from ..models import vae_decode, vae_encode
+    from ..sampling.dual_stage import DualStageSampler
 
     switches = {**VARIANTS[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
                                         if k in options}}
@@ -150,7 +148,7 @@ def sketcher_only_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Ma
                               options: dict[str, Any]) -> np.ndarray:
     """The Sketcher's condition ``c = |DC[R(x_u), k_u, M]|`` (eq. 2-3) as the reconstruction,
     with the same normalisation as LDPM -> [N, H, W]."""
-    from .train.sketcher import load_sketcher
+    from ..checkpoints import load_sketcher
 
     if "sketcher" not in checkpoints:
         raise LdpmInputError("method sketcher_only", "no sketcher checkpoint folder given",

@@ -1,0 +1,23 @@
+"""The method registry: name -> reconstruction function. Each method module registers its
+functions with :func:`register` when imported (:func:`ldpm.methods.load_registry`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+#: (k_u [N,H,W] complex64, mask [N,W] float32, checkpoints {stage: folder}, options) -> [N,H,W]
+#: float32. ``options["slice_seeds"]`` holds one integer seed per slice (from its volume and
+#: slice index), so a sampling method gives the same result however the test set is sharded.
+Method = Callable[[np.ndarray, np.ndarray, Mapping[str, Path], dict], np.ndarray]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    """Decorator: ``METHODS[name] = fn``."""
+    def deco(fn: Method) -> Method:
+        METHODS[name] = fn
+        return fn
+    return deco

@@ -1,0 +1,109 @@
+"""The package's import graph, read with ``ast`` (every import statement, at module level or
+inside a function): no cycles, and inference never imports training."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ldpm"
+#: inference and reporting read checkpoints through ldpm.checkpoints, never ldpm.train
+NO_TRAIN_IMPORTS = ("ldpm.methods", "ldpm.metrics", "ldpm.report")
+
+
+def _modules(root: Path = PACKAGE) -> dict[str, Path]:
+    out = {}
+    for f in root.rglob("*.py"):
+        parts = list(f.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package's modules it imports (``from pkg import name`` of a submodule
+    counts as importing that submodule)."""
+    mods = _modules(root)
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target, *(f"{target}.{a.name}" for a in node.names)]
+            for name in names:
+                while name and name not in mods:
+                    name = name.rpartition(".")[0]
+                if name and name != mod:
+                    deps.add(name)
+        graph[mod] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert len(graph) > 50 and "ldpm.methods.graph" in graph["ldpm.methods"]
+    assert cycles(graph) == []
+
+
+def test_inference_metrics_and_report_never_import_training():
+    bad = {m: sorted(d for d in deps if d == "ldpm.train" or d.startswith("ldpm.train."))
+           for m, deps in import_graph().items() if m.startswith(NO_TRAIN_IMPORTS)}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_the_checks_catch_a_cycle_and_a_training_import(tmp_path):
+    """On a toy package: a -> b -> a is a cycle, and a function-level import counts."""
+    pkg = tmp_path / "ldpm"
+    (pkg / "methods").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
+    (pkg / "methods" / "__init__.py").write_text("def g():\n    from ..train.loop import t\n")
+    (pkg / "train").mkdir()
+    (pkg / "train" / "__init__.py").write_text("")
+    (pkg / "train" / "loop.py").write_text("t = 1\n")
+    graph = import_graph(pkg)
+    assert cycles(graph) == [["ldpm.a", "ldpm.b"]]
+    assert graph["ldpm.methods"] == {"ldpm.train.loop"}
