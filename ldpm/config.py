@@ -29,7 +29,7 @@ from .errors import LdpmInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "config" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+CONFIG_FILE = REPO_ROOT / "config" / "config.yaml"
 
 #: HDF5's format signature; the superblock sits at byte 0 or, after a user block, at 512,
 #: 1024, 2048, ... (the HDF5 file format specification, "Format Signature").
@@ -442,13 +442,13 @@ def training_masks(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     of ``config``; without one, of ``config/config.yaml``), so that training and test masks
     share one source and one geometry."""
     if config is None:
-        with open(DEFAULT_CONFIG) as f:
+        with open(CONFIG_FILE) as f:
             config = yaml.safe_load(f)
     m = config["masks"]
     return {"acceleration": int(m["acceleration"]), "center_fraction": float(m["center_fraction"])}
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None,
+def load_config(path: str | Path = CONFIG_FILE, overrides: Mapping[str, Any] | None = None,
                 check_paths: bool = True) -> dict:
     """Read a YAML config (optionally deep-merged with ``overrides``) and validate it."""
     path = Path(path)

@@ -3,13 +3,13 @@
 import pytest
 import yaml
 
-from ldpm.config import DEFAULT_CONFIG, deep_merge, load_config, validate_config
+from ldpm.config import CONFIG_FILE, deep_merge, load_config, validate_config
 from ldpm.errors import LdpmInputError
 
 
 @pytest.fixture
 def default():
-    with open(DEFAULT_CONFIG) as f:
+    with open(CONFIG_FILE) as f:
         return yaml.safe_load(f)
 
 

@@ -34,7 +34,7 @@ from .graph import SKETCHER_ONLY
 from .registry import register
 
 #: the three switches of Table II, and each method's setting of them
-VARIANTS: dict[str, dict[str, str]] = {
+ABLATION_SWITCHES: dict[str, dict[str, str]] = {
     "ldpm": {"vae": "mr", "sketcher": "on", "sampler": "dss"},
     "ldpm_wo_mrvae": {"vae": "sd", "sketcher": "on", "sampler": "dss"},
     "ldpm_wo_skm": {"vae": "mr", "sketcher": "off", "sampler": "dss"},
@@ -116,7 +116,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     from ..models import vae_decode, vae_encode
     from ..sampling.dual_stage import DualStageSampler
 
-    switches = {**VARIANTS[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
+    switches = {**ABLATION_SWITCHES[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
                                         if k in options}}
     dev = torch.device(options.get("device", "cpu"))
     sketcher, vae, mrcn = (m.to(dev) for m in models or load_ldpm(checkpoints, switches["vae"],
@@ -139,7 +139,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     return out
 
 
-for _name in VARIANTS:
+for _name in ABLATION_SWITCHES:
     register(_name)(partial(ldpm_reconstruct, variant=_name))
 
 

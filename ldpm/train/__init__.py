@@ -11,7 +11,7 @@ import importlib
 _HOMES = {
     "train_controlnet": "controlnet", "train_denoiser": "denoiser",
     "random_batch": "loop", "train": "loop", "undersampled_batch": "loop",
-    "DEFAULT_CONFIG": "presets", "PAPER_CONFIG": "presets", "stage_config": "presets",
+    "DEFAULT_CONFIG": "presets", "PAPER_CONFIG": "presets",
     "train_sketcher": "sketcher", "train_vae": "vae",
 }
 
@@ -25,5 +25,5 @@ def __getattr__(name: str):
 __all__ = [
     "train", "random_batch", "undersampled_batch",
     "train_sketcher", "train_vae", "train_denoiser", "train_controlnet",
-    "DEFAULT_CONFIG", "PAPER_CONFIG", "stage_config",
+    "DEFAULT_CONFIG", "PAPER_CONFIG",
 ]

@@ -117,12 +117,3 @@ PAPER_CONFIG: dict[str, dict[str, Any]] = {
 for _stage in ("sketcher", "vae_natural", "vae", "controlnet"):
     DEFAULT_CONFIG[_stage]["augment"] = None if _stage == "vae_natural" else AUGMENT
     PAPER_CONFIG[_stage]["augment"] = None
-
-
-def stage_config(stage: str, overrides: dict[str, Any] | None = None,
-                 preset: str = "default") -> dict[str, Any]:
-    """A deep copy of a preset stage config with ``overrides`` (shallow per key) applied."""
-    base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
-    out = copy.deepcopy(base)
-    out.update(copy.deepcopy(overrides or {}))
-    return out
