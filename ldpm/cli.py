@@ -102,6 +102,22 @@ def reconstruct(a: argparse.Namespace) -> None:
 
 
 @command
+def predict(a: argparse.Namespace) -> None:
+    """Reconstruct your own fastMRI-format file(s) with trained models (fastMRI's submission layout)."""
+    from .config import load_config
+    from .device import resolve_device
+    from .predict import predict as run_predict
+
+    config = load_config(a.config) if a.config else load_config()
+    written = run_predict(a.method, a.input, a.output_dir, config, models=a.models,
+                          checkpoints=dict(a.checkpoint or []), acceleration=a.acceleration,
+                          center_fraction=a.center_fraction, mask_seed=a.mask_seed,
+                          use_file_mask=not a.ignore_file_mask,
+                          device=str(resolve_device(a.device)))
+    log.info("wrote %d reconstruction(s) to %s", len(written), a.output_dir)
+
+
+@command
 def val_score(a: argparse.Namespace) -> None:
     """Score one method on the val split (for tuning; the test split is not read)."""
     from .metrics.val_score import score_split
@@ -234,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--options", type=_json, default={}, help="method options as JSON")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU if one is visible, else the CPU")
+
+    s = sub.add_parser("predict", help=predict.__doc__)
+    s.add_argument("--method", required=True, help="e.g. ldpm, unet, varnet, zero_filled")
+    s.add_argument("--input", type=Path, required=True, help="a fastMRI-format .h5 file or a folder of them")
+    s.add_argument("--output-dir", type=Path, required=True, help="one <name>.h5 per input ('reconstruction')")
+    s.add_argument("--models", type=Path, default=None,
+                   help="the trained stages' folder (results/models of a finished run or dvc pull)")
+    s.add_argument("--checkpoint", type=_named_path, action="append", metavar="STAGE=FOLDER",
+                   help="a stage's training folder, instead of <models>/<stage> (repeatable)")
+    s.add_argument("--config", type=Path, default=None,
+                   help="the run's config (default: config/config.yaml): crop, masks, sampler")
+    s.add_argument("--acceleration", type=config_arg("masks.acceleration"), default=None,
+                   help="default: masks.acceleration")
+    s.add_argument("--center-fraction", type=config_arg("masks.center_fraction"), default=None,
+                   help="default: masks.center_fraction")
+    s.add_argument("--mask-seed", type=int, default=None, help="default: masks.seed")
+    s.add_argument("--ignore-file-mask", action="store_true",
+                   help="simulate the seeded masks even where a file has its own 'mask'")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     s = sub.add_parser("val-score", help=val_score.__doc__)
     s.add_argument("--method", required=True)
