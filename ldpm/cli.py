@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import __version__
 from .config import config_arg, split_fractions_arg
 from .errors import LdpmInputError
 
@@ -193,6 +194,7 @@ def diffcode_evaluate(a: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ldpm", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"ldpm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("embedded", help=embedded.__doc__)

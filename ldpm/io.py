@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import Iterator
 
 
+def progress(total: int, desc: str, unit: str = "slice"):
+    """A progress bar on stderr for a long loop (``bar.update(n)`` as work is done): redrawn at
+    most once a second in a terminal and once a minute in a log file, so a cluster job's log
+    shows what is done, the rate and the time left without filling up."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False,
+                mininterval=1.0 if sys.stderr.isatty() else 60.0)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""

@@ -48,3 +48,18 @@ def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "ldpm"
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "preprocess" in proc.stdout
+
+
+def test_version_is_the_package_version(capsys):
+    import tomllib
+    from pathlib import Path
+
+    import pytest
+
+    from ldpm.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert capsys.readouterr().out.strip() == f"ldpm {project['project']['version']}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import h5py
 import numpy as np

@@ -22,6 +22,7 @@ from ..checkpoints import BASELINES, load_baseline
 from ..data.fastmri import read_kspace_slices
 from ..data.store import raw_sources
 from ..errors import LdpmInputError
+from ..io import progress
 from ..models.score import sde_from_config
 from ..mri import center_crop, ifft2c, measurement_scale
 from ..sampling.score_pc import score_pc_sample
@@ -49,7 +50,7 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
         int(np.random.SeedSequence([seed & 0xFFFFFFFF, i]).generate_state(1)[0])
         for i in range(len(k_u))]
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), progress(len(k_all), name) as bar:
         for i0 in range(0, len(k_all), bs):
             k, m = k_all[i0:i0 + bs], m_all[i0:i0 + bs]
             x_u = ifft2c(k).abs()[:, None]
@@ -66,6 +67,7 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
             else:
                 rec = model(x_u)
             out.append((rec * s)[:, 0].float().cpu().numpy())
+            bar.update(len(k))
     h, w = k_all.shape[-2:]
     return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 

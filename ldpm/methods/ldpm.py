@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import LdpmInputError
+from ..io import progress
 from ..mri import ifft2c, measurement_scale
 from .graph import SKETCHER_ONLY
 from .registry import register
@@ -127,13 +128,15 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     bs = int(options.get("batch_size", 8))
     out = np.zeros(k_u.shape, np.float32)
     start = time.perf_counter()
-    for i in range(0, len(k_u), bs):
-        k, m, x_u, scale = normalised_measurement(k_u[i:i + bs], mask[i:i + bs], dev)
-        with torch.no_grad():
-            c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + bs]]
-        x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
-        out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
+    with progress(len(k_u), variant) as bar:
+        for i in range(0, len(k_u), bs):
+            k, m, x_u, scale = normalised_measurement(k_u[i:i + bs], mask[i:i + bs], dev)
+            with torch.no_grad():
+                c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + bs]]
+            x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
+            out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
+            bar.update(len(k))
     if isinstance(options.get("timings"), dict):
         options["timings"]["sampling_seconds"] = time.perf_counter() - start
     return out
