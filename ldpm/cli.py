@@ -167,7 +167,7 @@ def provenance(a: argparse.Namespace) -> None:
     """Record config, git commit, package versions and data hashes of this run."""
     from .report.provenance import write_provenance
 
-    write_provenance(a.output, config_json=a.config, hashed_files=a.hash)
+    write_provenance(a.output, config_json=a.config, hashed_files=a.hash, manifest=a.manifest)
 
 
 # --------------------------------------------------------------------------- DiffCode (seed 002)
@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", type=Path, required=True)
     s.add_argument("--config", required=True, help="the run's config as JSON")
     s.add_argument("--hash", type=Path, nargs="*", default=[], help="files whose SHA-256 to record")
+    s.add_argument("--manifest", type=Path, default=None,
+                   help="the run's manifest: the raw volumes it was made from are hashed too")
 
     s = sub.add_parser("diffcode-train", help=diffcode_train.__doc__)
     s.add_argument("--stage", required=True)

@@ -298,3 +298,46 @@ def test_vae_recon_cli_and_its_evaluation(tmp_path):
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["n_volumes"] == 3 and summary["n_slices"] == 6
     assert summary["metrics"]["psnr"]["value"] is not None and summary["metrics"]["ssim"]["value"] is not None
+
+
+def test_provenance_records_packages_accelerator_inputs_and_weights(tmp_path):
+    """Every installed package (peft, safetensors, fastmri included), the accelerator, and the
+    SHA-256 of each raw input volume (through the manifest) and each configured weight file,
+    checked against hashlib; a configured file that is not there is marked absent."""
+    import hashlib
+
+    from conftest import write_fastmri_file
+
+    from ldpm.data.store import build_manifest, preprocess_volume
+    from ldpm.report.provenance import write_provenance
+
+    raws, stores = [], []
+    (tmp_path / "raw").mkdir()
+    for i in range(4):
+        raws.append(write_fastmri_file(tmp_path / "raw" / f"v{i}.h5", patient_id=f"p{i}", seed=i))
+        stores.append(preprocess_volume(raws[-1], tmp_path / "slices" / f"v{i}.h5", 16, 1))
+    manifest = tmp_path / "manifest.csv"
+    build_manifest(stores, manifest, {"train": 0.5, "val": 0.0, "test": 0.5}, seed=0)
+    sd = tmp_path / "sd"
+    (sd / "unet").mkdir(parents=True)
+    (sd / "unet" / "config.json").write_text("{}")
+    (sd / "unet" / "w.safetensors").write_bytes(b"weights")
+    vgg = tmp_path / "vgg16.pth"
+    vgg.write_bytes(b"vgg")
+    config = {"pretrained": {"sd_path": str(sd), "vgg16_path": str(vgg), "vgg19_path": None},
+              "metrics": {"lpips_backbone": str(tmp_path / "gone.pth")},
+              "inference": {"unet_official": {"checkpoint": None}}}
+    out = tmp_path / "provenance.json"
+    write_provenance(out, json.dumps(config), [manifest], manifest=manifest)
+    rec = json.loads(out.read_text())
+    assert {"torch", "peft", "safetensors", "fastmri", "diffusers"} <= set(rec["packages"])
+    assert rec["accelerator"]["gpus"] == [] or all(rec["accelerator"]["gpus"])
+
+    def digest(p):
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+    assert rec["input_sha256"] == {str(p): digest(p) for p in raws}
+    assert rec["weights_sha256"] == {str(sd / "unet" / "config.json"): digest(sd / "unet" / "config.json"),
+                                     str(sd / "unet" / "w.safetensors"): digest(sd / "unet" / "w.safetensors"),
+                                     str(vgg): digest(vgg), str(tmp_path / "gone.pth"): "absent"}
+    assert rec["data_sha256"] == {str(manifest): digest(manifest)}

@@ -36,6 +36,12 @@ from .tables import (TABLE1_METRICS, TABLE2_METRICS, TABLE3_METRICS, TABLE3_SUBS
 FIG3_VAES = ("untuned", "mr")
 
 
+#: the packages report.md names (provenance.json lists every installed one)
+REPORTED_PACKAGES = ("ldpm", "torch", "torchvision", "diffusers", "peft", "safetensors", "numpy",
+                     "h5py", "pandas", "scikit-image", "lpips", "torch-fidelity", "snakemake",
+                     "papermill", "fastmri")
+
+
 def _summary(results: Path, method: str) -> dict:
     path = results / "metrics" / method / "summary.json"
     if not path.is_file():
@@ -203,14 +209,19 @@ def write_report(results: str | Path, with_fig3: bool = True) -> Path:
                   "raw values; the VAE stages also show the L1 error, and a dashed line where the "
                   "GAN term of eq. 5 starts).\n\n![training curves](figures/training_curves.png)"]
     parts += ["## Training notes", training_notes(results, prov.get("config") or {})]
-    hashes = "\n".join(f"| `{p}` | `{h}` |" for p, h in sorted((prov.get("data_sha256") or {}).items()))
-    packages = ", ".join(f"{k} {v}" for k, v in sorted((prov.get("packages") or {}).items()))
+    hashes = "\n".join(f"| `{p}` | `{h}` |" for key in ("data_sha256", "input_sha256", "weights_sha256")
+                       for p, h in sorted((prov.get(key) or {}).items()))
+    installed = prov.get("packages") or {}
+    packages = ", ".join(f"{k} {installed[k]}" for k in REPORTED_PACKAGES if k in installed)
+    packages += f" ({len(installed)} packages in provenance.json)"
+    acc = prov.get("accelerator") or {}
+    packages += f"\n- accelerator: {', '.join(acc.get('gpus') or []) or 'CPU only'} (torch CUDA build: {acc.get('torch_cuda')})"
     parts += [
         "## Provenance",
         f"- git commit: `{prov.get('git_commit', 'unknown')}`\n- python {prov.get('python', '?')} "
         f"on {prov.get('platform', '?')}\n- packages: {packages}\n- executed notebook: "
         "`notebooks/report.ipynb`",
-        "### Data (SHA-256)", "| file | sha256 |\n|---|---|\n" + hashes,
+        "### Data, input volumes and external weights (SHA-256)", "| file | sha256 |\n|---|---|\n" + hashes,
         "### Config", "```yaml\n" + yaml.safe_dump(prov.get("config") or {}, sort_keys=False).strip() + "\n```",
     ]
     out = results / "report.md"

@@ -36,7 +36,8 @@ rule provenance:
     conda:
         ENV
     shell:
-        "ldpm provenance --output {output:q} --config {params.cfg} --hash {input:q} > {log:q} 2>&1"
+        "ldpm provenance --output {output:q} --config {params.cfg} --hash {input:q}"
+        " --manifest {input.manifest:q} > {log:q} 2>&1"
 
 
 rule vae_recon:
