@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..errors import LdpmInputError
 from ..io import write_text_atomic
-from ..report.paper import load_paper_values, paper_table
+from ..report.paper import citation, load_paper_values, paper_table
 from ..report.tables import display_table
 from .config import METHOD_NAMES, VARIANTS
 from .degradations import task_title
@@ -130,8 +130,8 @@ def write_blocks(numeric: pd.DataFrame, blocks: Sequence[tuple[str, str, pd.Data
 
 def _paper_note(paper: Mapping, table: str) -> str:
     block = paper[table]
-    return (f"(paper) columns: DiffCode's published values ({block.get('caption', table)}; "
-            f"{paper.get('source_file', 'the paper')}, line {block.get('line', '?')}), typed into "
+    return (f"(paper) columns: the published values of "
+            f"{citation(paper.get('reference', 'diffcode'), block.get('caption', table))}, typed into "
             "config/paper_values_diffcode.yaml; the paper's setting: IXI MRI SR 4x, AAPM LDCT, a "
             "clinical PET set, full-size models; its RMSE is in each dataset's units (no Δ). "
             "Δ = ours − paper.")

@@ -1,4 +1,4 @@
-"""The LoRA study's table (seed 003) from a run's ``results/`` folder.
+"""The LoRA study's table (the two-LoRA adaptation of ``config/references.yaml``: supir_lora) from a run's ``results/`` folder.
 
 One row per reconstructed method (:func:`ldpm.methods.graph.study_methods`): LDPM with its frozen
 denoiser, LDPM + LoRA at two ranks, each contrast-group adapter alone and both combined, and the
@@ -24,6 +24,7 @@ import pandas as pd
 from ..errors import LdpmInputError
 from ..methods import timing_path
 from ..methods.graph import LORA_GROUP_STAGES, LORA_METHODS, own_stages, step_variant
+from .paper import citation
 from .tables import load_summary, write_table
 
 #: (key, column title, higher is better, decimals)
@@ -178,5 +179,6 @@ def make_lora_table(results: str | Path, methods: Sequence[str], n_steps: int,
             "networks' loading excluded. Every timing was measured in this run on this machine, "
             "with other jobs sharing it. Step counts are in the row names.")
     return write_table(numeric, results / "tables" / "lora",
-                       "LoRA adaptation of LDPM's denoiser (seed 003): quality, parameters and time",
+                       "LoRA adaptation of LDPM's denoiser (after " + citation("supir_lora")
+                       + "): quality, parameters and time",
                        LORA_COLUMNS, note=note)

@@ -3,10 +3,10 @@
 File layout::
 
     paper: <citation>
-    source_file: <where the values were typed in from>
+    reference: <key of config/references.yaml>
     table1|table2|table3:
       caption: <the paper's caption>
-      line: <line of source_file where the table starts>
+      line: <line of the paper's text where the table starts>
       values: {<method>: {line: <int>, <metric or subset key>: <number>, ...}, ...}
 """
 
@@ -48,10 +48,23 @@ def paper_table(paper: Mapping, table: str) -> dict[str, dict[str, float]]:
             for m, row in paper[table]["values"].items()}
 
 
+REFERENCES = Path(__file__).resolve().parents[2] / "config" / "references.yaml"
+
+
+def citation(key: str, table_caption: str | None = None) -> str:
+    """``authors, "title"`` of a paper of ``config/references.yaml`` (and its table)."""
+    refs = yaml.safe_load(REFERENCES.read_text()) or {}
+    if key not in refs:
+        raise LdpmInputError(REFERENCES, f"has no reference {key!r}",
+                             f"add {key} (authors, title, short) to config/references.yaml")
+    ref = refs[key]
+    return f'{ref["authors"]}, "{ref["title"]}"' + (f", {table_caption}" if table_caption else "")
+
+
 def paper_note(paper: Mapping, table: str) -> str:
     """The legend sentence that says where the (paper) columns come from."""
     block = paper[table]
-    return (f"(paper) columns: the paper's published values ({block.get('caption', table)}; "
-            f"{paper.get('source_file', 'the paper')}, line {block.get('line', '?')}), typed into "
+    return (f"(paper) columns: the published values of "
+            f"{citation(paper.get('reference', 'ldpm'), block.get('caption', table))}, typed into "
             f"config/paper_values.yaml; the paper's setting: fastMRI brain, 8x, 320x320, 934 test "
             f"slices (see this run's config in the report). Δ = ours − paper.")
