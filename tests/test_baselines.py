@@ -12,7 +12,8 @@ import ldpm.sampling.score_pc as score_pc
 from ldpm.errors import LdpmInputError
 from ldpm.methods import METHODS, measure, reconstruct_shard, seeds_for
 from ldpm.models.score import ScoreNet, VESDE
-from ldpm.models.swinmr import SwinMR, SwinMRLoss
+from ldpm.losses import SwinMRLoss
+from ldpm.models.swinmr import SwinMR
 from ldpm.models.unet import UnetRecon
 from ldpm.models.varnet import VarNet, VarNetBlock
 from ldpm.mri import RandomMaskFunc, fft2c, undersample

@@ -10,7 +10,7 @@
   ``sigma`` (NCSN++'s ``scale_by_sigma``). It is not NCSN++'s exact layer set (no FIR
   resampling / BigGAN residual blocks); at paper scale the widths follow Score-MRI's config
   (``nf=128``, ``ch_mult=(1, 2, 2, 2)``, 4 residual blocks per level, attention in the middle).
-* **Training** (:func:`dsm_loss`): continuous-time denoising score matching on magnitude images
+* **Training** (:func:`ldpm.losses.dsm_loss`): continuous-time denoising score matching on magnitude images
   in [0, 1] (``data.centered = False``): ``t ~ U(eps, 1)``, ``x_t = x + sigma(t) z``, loss
   ``|| sigma(t) s(x_t, sigma(t)) + z ||^2`` (``reduce_mean=False``: half the sum over pixels,
   mean over the batch, as ``score_sde``'s ``get_sde_loss_fn``).
@@ -77,18 +77,6 @@ class ScoreNet(nn.Module):
         if ph or pw:
             x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
         return self.unet(x, sigma.to(x.dtype).reshape(-1)).sample[..., :h, :w]
-
-
-def dsm_loss(model: nn.Module, x: torch.Tensor, sde: VESDE, generator: torch.Generator | None = None,
-             eps: float = 1e-5) -> torch.Tensor:
-    """Continuous denoising score matching loss of a batch ``x`` [B, 1, H, W] in [0, 1]."""
-    b = x.shape[0]
-    t = (torch.rand(b, generator=generator, dtype=x.dtype) * (1 - eps) + eps).to(x.device)
-    sigma = sde.sigma(t)
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    score = model(x + sigma[:, None, None, None] * z, sigma)
-    per_sample = 0.5 * torch.square(score * sigma[:, None, None, None] + z).reshape(b, -1).sum(-1)
-    return per_sample.mean()
 
 
 def sde_from_config(cfg: Mapping[str, Any], n_steps: int | None = None) -> VESDE:

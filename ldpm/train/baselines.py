@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoints import build_baseline, check_baseline_name, load_baseline
 from ..errors import LdpmInputError
-from ..models.score import dsm_loss, sde_from_config
-from ..models.swinmr import SwinMRLoss
+from ..losses import SwinMRLoss, dsm_loss, ssim_loss
+from ..models.score import sde_from_config
 from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, stage_masks,
                    sync_gradients, train)
 from .presets import AUGMENT
@@ -131,20 +130,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 # ----------------------------------------------------------------------------------------------
 # Batches and losses
-
-
-def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win: int = 7, k1: float = 0.01,
-              k2: float = 0.03) -> torch.Tensor:
-    """fastMRI's ``SSIMLoss``: ``1 - SSIM`` with a 7x7 uniform window, range = target max."""
-    data_range = target.flatten(1).amax(1).view(-1, 1, 1, 1)
-    w = torch.ones(1, 1, win, win, dtype=pred.dtype, device=pred.device) / win ** 2
-    cov = win ** 2 / (win ** 2 - 1)
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ux, uy = F.conv2d(pred, w), F.conv2d(target, w)
-    uxx, uyy, uxy = F.conv2d(pred * pred, w), F.conv2d(target * target, w), F.conv2d(pred * target, w)
-    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
-    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return 1 - s.mean()
 
 
 def compute_loss(name: str, model: nn.Module, batch: Mapping[str, torch.Tensor],
