@@ -18,11 +18,17 @@ def test_default_config_is_valid():
     assert cfg["data"]["source"] == "embedded"
 
 
+def _paper(overrides: dict) -> dict:
+    """config/presets/paper.yaml (only what differs from config.yaml) with ``overrides``, to be
+    merged over config/config.yaml as ``--configfile`` does."""
+    paper = yaml.safe_load((CONFIG_FILE.parent / "presets" / "paper.yaml").read_text())
+    return deep_merge(paper, overrides)
+
+
 def test_paper_preset_is_valid(default):
     """Its keys and values (its placeholder paths are checked in the test of paths below)."""
-    import ldpm.config as c
-    load_config(c.REPO_ROOT / "config" / "presets" / "paper.yaml",
-                {"pretrained": {"vgg16_path": "/weights/vgg16-397923af.pth"}}, check_paths=False)
+    load_config(CONFIG_FILE, _paper({"pretrained": {"vgg16_path": "/weights/vgg16-397923af.pth"}}),
+                check_paths=False)
 
 
 @pytest.mark.parametrize("override,key,fix", [
@@ -296,15 +302,12 @@ def test_fastmri_root_must_hold_hdf5_files(default, tmp_path):
 
 
 def test_paper_preset_with_its_paths_set_is_valid(tmp_path):
-    import ldpm.config as c
 
     _h5(tmp_path / "fastmri" / "file_brain_AXT1_001.h5")
     (tmp_path / "vgg16.pth").write_bytes(b"w")
-    cfg = load_config(c.REPO_ROOT / "config" / "presets" / "paper.yaml",
-                      {"data": {"fastmri_root": str(tmp_path / "fastmri")},
-                       "pretrained": {"sd_path": str(_sd_folder(tmp_path / "sd")),
-                                      "vgg16_path": str(tmp_path / "vgg16.pth")}})
+    cfg = load_config(CONFIG_FILE, _paper({"data": {"fastmri_root": str(tmp_path / "fastmri")},
+                                           "pretrained": {"sd_path": str(_sd_folder(tmp_path / "sd")),
+                                                          "vgg16_path": str(tmp_path / "vgg16.pth")}}))
     assert cfg["train"]["preset"] == "paper"
     with pytest.raises(LdpmInputError, match="sd_path: /path/to/stable-diffusion-2-1-base not found"):
-        load_config(c.REPO_ROOT / "config" / "presets" / "paper.yaml",
-                    {"pretrained": {"vgg16_path": str(tmp_path / "vgg16.pth")}})
+        load_config(CONFIG_FILE, _paper({"pretrained": {"vgg16_path": str(tmp_path / "vgg16.pth")}}))
