@@ -79,11 +79,14 @@ def main() -> None:
                      "cross_attention_dim": 1024, "attention_head_dim": 64, "norm_num_groups": 32,
                      "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
                      "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}}}
-    from ldpm.config import REPO_ROOT, load_config
+    import yaml
 
-    run_cfg = load_config(REPO_ROOT / "config" / ("config.yaml" if a.preset == "default"
-                                                  else "presets/paper.yaml"),
-                          {"pretrained": {"vae_without_vgg": True}})
+    from ldpm.config import CONFIG_FILE, deep_merge, load_config
+
+    preset = ({} if a.preset == "default" else
+              yaml.safe_load((CONFIG_FILE.parent / "presets" / "paper.yaml").read_text()))
+    run_cfg = load_config(CONFIG_FILE, deep_merge(preset, {"pretrained": {"vae_without_vgg": True}}),
+                          check_paths=False)
     n_steps = a.steps or run_cfg["inference"]["ldpm"]["n_steps"]  # the sampler's one source
 
     x = np.random.default_rng(0).random((1, a.size, a.size)).astype(np.float32)
