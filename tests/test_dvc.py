@@ -62,6 +62,9 @@ def test_dvc_yaml_names_existing_rules_and_persists_every_out():
             assert isinstance(out, dict) and next(iter(out.values())).get("persist") is True, \
                 f"stage {name}: out {out} must be persist: true (Snakemake updates it)"
     assert "results/models/*/last.pt" in (REPO / ".dvcignore").read_text()
+    for name, stage in stages.items():  # a source dependency that moved stops `dvc repro`
+        missing = [d for d in stage["deps"] if not d.startswith("results/") and not (REPO / d).exists()]
+        assert not missing, f"stage {name} depends on paths that do not exist: {missing}"
 
 
 #: the rules whose outputs each DVC stage owns, in pipeline order (every rule has one owner)
