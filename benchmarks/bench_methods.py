@@ -18,12 +18,15 @@ denoiser + control branch, VAE decode, VAE encode (eq. 9 steps) and the decoder'
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
 from functools import partial
 
-import numpy as np
+os.environ.setdefault("TQDM_DISABLE", "1")  # the methods' per-slice progress bars: noise here
+
+import numpy as np  # noqa: E402
 import torch
 
 from ldpm.methods import measure
