@@ -20,7 +20,6 @@ from .models.pretrained import (check_checkpoint_folder, load_safetensors_file, 
                                 read_json_file)
 
 
-
 def final_fix(final: str | Path) -> str:
     """The fix for an unreadable file in a trained stage's ``final/``."""
     return (f"delete {final} and run that training stage again (it rewrites final/ from an "

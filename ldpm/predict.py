@@ -50,11 +50,11 @@ def stage_checkpoints(method: str, models: str | Path | None,
     given = dict(checkpoints or {})
     out = {}
     for stage in method_stages(method, with_sd):
-        folder = Path(given.get(stage) or (Path(models) / stage if models else ""))
-        if not given.get(stage) and not models:
+        if stage not in given and not models:
             raise LdpmInputError(f"method {method}", f"needs the trained {stage} stage",
                                  "pass --models results/models (a finished run, or after dvc "
                                  f"pull) or --checkpoint {stage}=FOLDER")
+        folder = Path(given[stage]) if stage in given else Path(models) / stage
         if not (folder / "final").is_dir() and not (folder / "model.safetensors").is_file():
             raise LdpmInputError(folder, f"holds no trained {stage} (no final/)",
                                  "run `make all` (or `dvc pull`) first, or pass --checkpoint "

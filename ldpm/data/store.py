@@ -74,6 +74,17 @@ def _positive(value: Any) -> bool:
         return False
 
 
+def _source_path(store: Path, source_attr: Any) -> Path:
+    """The raw file a store was made from: its ``source_file`` attr, relative to the store's folder."""
+    source = Path(str(source_attr))
+    return source if source.is_absolute() else store.parent / source
+
+
+def _subject_groups(df: pd.DataFrame) -> dict[str, tuple]:
+    """Subject -> its sorted field strengths: the strata :func:`split_subjects` balances."""
+    return {s: tuple(sorted(g)) for s, g in df.groupby("subject")["field_strength"].unique().items()}
+
+
 def _store_rows(store: Path, manifest_dir: Path) -> list[dict[str, Any]]:
     with open_hdf5(store, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
         missing = [k for k in (*_STORE_ATTRS, "volume_max") if k not in f.attrs]
@@ -87,8 +98,7 @@ def _store_rows(store: Path, manifest_dir: Path) -> list[dict[str, Any]]:
             raise LdpmInputError(store, f"{key} is {attrs[key]}, not a positive number",
                                  _REBUILD_STORE)
     stored = _relative_to(store, manifest_dir)
-    source = Path(str(attrs["source_file"]))
-    folder = (source if source.is_absolute() else store.parent / source).parent.name
+    folder = _source_path(store, attrs["source_file"]).parent.name
     return [{"volume": str(attrs["volume"]), "source_folder": folder, "slice": int(s), "subject": str(attrs["subject"]),
              "anatomy": str(attrs["anatomy"]), "contrast": str(attrs["contrast"]),
              "field_strength": float(attrs["field_strength"]), "crop_width": int(attrs["crop_width"]),
@@ -161,9 +171,7 @@ def folder_split(df: pd.DataFrame, split_fractions: Mapping[str, float], seed: i
         raise LdpmInputError(where, "data.split_fractions gives no train share", "set train > 0")
     fractions = {"train": split_fractions["train"] / tv, "val": split_fractions["val"] / tv,
                  "test": 0.0}
-    groups = {s: tuple(sorted(g)) for s, g in
-              train_pool.groupby("subject")["field_strength"].unique().items()}
-    assignment = split_subjects(groups, fractions, seed)
+    assignment = split_subjects(_subject_groups(train_pool), fractions, seed)
     return pd.Series(np.where(folders.str.endswith("_val"), "test",
                               df["subject"].map(assignment).fillna("test")), index=df.index)
 
@@ -192,9 +200,7 @@ def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
     if split == "folders":
         df["split"] = folder_split(df, split_fractions, seed, out_csv)
     else:
-        groups = {s: tuple(sorted(g)) for s, g in df.groupby("subject")["field_strength"].unique()
-                  .items()}
-        df["split"] = df["subject"].map(split_subjects(groups, split_fractions, seed))
+        df["split"] = df["subject"].map(split_subjects(_subject_groups(df), split_fractions, seed))
     df = df[MANIFEST_COLUMNS].reset_index(drop=True)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
@@ -273,8 +279,7 @@ def raw_sources(manifest_csv: str | Path, volumes: Sequence[str] | None = None) 
         with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
             if "source_file" not in f.attrs:
                 raise LdpmInputError(path, "slice store has no source_file attr", _REBUILD_STORE)
-            source = Path(str(f.attrs["source_file"]))
-        out[str(volume)] = source if source.is_absolute() else path.parent / source
+            out[str(volume)] = _source_path(path, f.attrs["source_file"])
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import BASELINES, load_baseline
+from ..checkpoints import load_baseline
 from ..data.fastmri import read_kspace_slices
 from ..data.store import raw_sources
 from ..errors import LdpmInputError
@@ -26,6 +26,7 @@ from ..io import progress
 from ..models.score import sde_from_config
 from ..mri import center_crop, ifft2c, measurement_scale
 from ..sampling.score_pc import score_pc_sample
+from .graph import BASELINES
 from .registry import register
 
 

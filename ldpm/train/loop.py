@@ -98,7 +98,7 @@ def random_batch(images: torch.Tensor, batch_size: int, crop: int | None,
         ch, cw = min(crop, h), min(crop, w)
         tops = torch.randint(h - ch + 1, (batch_size,), generator=generator).tolist()
         lefts = torch.randint(w - cw + 1, (batch_size,), generator=generator).tolist()
-    x = augment_images(images[idx.to(images.device)].clone(), augment, generator)
+    x = augment_images(images[idx.to(images.device)], augment, generator)  # indexing copies
     if whole:
         return x
     return torch.stack([x[j, :, t:t + ch, l:l + cw] for j, (t, l) in enumerate(zip(tops, lefts))])
