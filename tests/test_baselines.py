@@ -263,18 +263,3 @@ def test_score_sampler_predictors_track_the_noise_level():
         assert out.abs().std() < 0.1, predictor
     with pytest.raises(ValueError):
         score_pc.score_pc_sample(score_fn, k_u, mask, sde, predictor="euler")
-
-
-def test_ema_update_warms_up_then_keeps_its_decay():
-    """The EMA of the baselines' weights follows the model early (warm-up) and averages with
-    its configured decay later: ``d = min(decay, (1 + step) / (10 + step))``."""
-    from ldpm.train.baselines import ema_update
-
-    model, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-        ema.weight.fill_(0.0)
-    ema_update(ema, model, 0.99, step=0)                 # d = 0.1
-    assert float(ema.weight) == pytest.approx(0.9)
-    ema_update(ema, model, 0.99, step=10_000)            # d = 0.99
-    assert float(ema.weight) == pytest.approx(0.9 + 0.1 * 0.01)

@@ -223,6 +223,39 @@ def test_interrupted_and_resumed_run_is_bit_identical(stage, images, frozen, tmp
     assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
 
 
+@pytest.mark.parametrize("stage", ["vae", "denoiser", "controlnet"])
+def test_ema_is_the_final_weights_and_resumes_bit_identically(stage, images, frozen, tmp_path,
+                                                               monkeypatch):
+    """With ``ema`` set, ``final/`` holds the weight average (checkpointed in ``last.pt`` next to
+    the raw weights), not the last step's weights, and an interrupted run resumes to the same."""
+    monkeypatch.setitem(CFG, stage, {**CFG[stage], "ema": 0.9})
+    n, k = 4, 2
+    _run(stage, images, frozen, tmp_path / "a", n)
+    _run(stage, images, frozen, tmp_path / "b", n, stop_after=k)
+    _run(stage, images, frozen, tmp_path / "b", n)
+    wa, wb = _weights(stage, tmp_path / "a"), _weights(stage, tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[key], wb[key]) for key in wa)
+    modules = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["modules"]
+    ema, raw = modules["ema"], modules[{"vae": "vae", "denoiser": "unet"}.get(stage, stage)]
+    assert all(torch.equal(wa[key], ema[key]) for key in wa)
+    assert any(not torch.equal(wa[key], raw[key]) for key in wa)
+
+
+def test_ema_update_warms_up_then_keeps_its_decay():
+    """A stage's EMA of its weights follows the model early (warm-up) and averages with
+    its configured decay later: ``d = min(decay, (1 + step) / (10 + step))``."""
+    from ldpm.train.loop import ema_update
+
+    model, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.weight.fill_(0.0)
+    ema_update(ema, model, 0.99, step=0)                 # d = 0.1
+    assert float(ema.weight.detach()) == pytest.approx(0.9)
+    ema_update(ema, model, 0.99, step=10_000)            # d = 0.99
+    assert float(ema.weight.detach()) == pytest.approx(0.9 + 0.1 * 0.01)
+
+
 def test_loop_resumes_after_a_crash_bit_identically(tmp_path):
     def make():
         torch.manual_seed(0)

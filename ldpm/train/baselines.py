@@ -37,8 +37,8 @@ from ..checkpoints import build_baseline, check_baseline_name, load_baseline
 from ..errors import LdpmInputError
 from ..losses import SwinMRLoss, dsm_loss, ssim_loss
 from ..models.score import sde_from_config
-from .loop import (crop_pair, make_batch, random_batch, resolve_n_steps, stage_masks,
-                   sync_gradients, train)
+from .loop import (crop_pair, ema_update, make_batch, random_batch, resolve_n_steps, stage_masks,
+                   sync_gradients, train, weight_average)
 from .presets import AUGMENT
 from .runtime import Runtime
 
@@ -118,16 +118,6 @@ def baseline_config(name: str, overrides: Mapping[str, Any] | None = None,
     return out
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """``ema <- d ema + (1 - d) model`` with ``d = min(decay, (1 + step) / (10 + step))``: the
-    usual warm-up (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so that a
-    short training does not keep the initial weights in its average."""
-    d = min(decay, (1.0 + step) / (10.0 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - d)
-
-
 # ----------------------------------------------------------------------------------------------
 # Batches and losses
 
@@ -195,10 +185,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
         model = build_baseline(name, cfg).to(rt.device)
     opt = make_optimizer(cfg, model.parameters())
     modules: dict[str, nn.Module] = {"model": model}
-    ema_decay = float(cfg.get("ema") or 0.0)
-    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
-    if ema is not None:
-        modules["ema"] = ema
+    ema_decay, ema = weight_average(model, cfg, modules)
     crit = SwinMRLoss(cfg.get("loss")).to(rt.device) if name == "swinmr" else None
     notes = [crit.note] if crit is not None and crit.note else []
     clip = cfg.get("grad_clip")

@@ -18,7 +18,8 @@ from ..checkpoints import load_denoiser
 from ..models import NullContextEps, build_denoiser, null_text_embedding, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
-from .loop import random_batch, resolve_n_steps, scheduled_lr, set_lr, train
+from .loop import (ema_update, random_batch, resolve_n_steps, scheduled_lr, set_lr, train,
+                   weight_average)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 from .vae import normalised_images
@@ -67,6 +68,8 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = build_denoiser(cfg.get("model")).to(rt.device)
+    modules = {"unet": unet}
+    ema_decay, ema = weight_average(unet, cfg, modules)
     null = null_text_embedding(unet).to(rt.device)
     eps_model = NullContextEps(unet, null)
     abar = base_alphas_cumprod()
@@ -80,14 +83,16 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema_update(ema, unet, ema_decay, step)
         return {"loss": loss.item()}
 
     def save_final(d: Path) -> None:
-        unet.save_pretrained(d, safe_serialization=True)
+        (ema if ema is not None else unet).save_pretrained(d, safe_serialization=True)
         save_file({"null": null.contiguous()}, d / NULL_EMBEDDING_FILE)
 
-    meta = train(step_fn, {"unet": unet}, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
+    meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
                  int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after, runtime=rt,
                  meta_extra=lambda: {"vae_scaling_factor": float(vae.config.scaling_factor),
                                      "latent_std": float(latents.std())})
-    return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else (unet.eval(), null)
+    return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else ((ema if ema is not None else unet).eval(), null)

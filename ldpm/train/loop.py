@@ -21,6 +21,7 @@ that is not finite (NaN/inf) stops the run with an error, before the step is che
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -197,6 +198,30 @@ def freeze(module: nn.Module) -> nn.Module:
     """``requires_grad_(False)`` and eval mode."""
     module.requires_grad_(False)
     return module.eval()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """``ema <- d ema + (1 - d) model`` with ``d = min(decay, (1 + step) / (10 + step))``: the
+    usual warm-up (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so that a
+    short training does not keep the initial weights in its average."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - d)
+
+
+def weight_average(model: nn.Module, cfg: Mapping[str, Any], modules: dict[str, nn.Module]
+                   ) -> tuple[float, nn.Module | None]:
+    """``(decay, ema)`` for a stage's ``ema`` setting: a frozen copy of ``model`` that
+    :func:`ema_update` averages after every step and the stage saves as its final weights,
+    registered in ``modules`` as ``"ema"`` (checkpointed and resumed with the rest); ``(0,
+    None)`` when ``ema`` is 0 or unset. The average's weights depend far less on the
+    floating-point path (thread count, machine) than the last step's."""
+    decay = float(cfg.get("ema") or 0.0)
+    if decay <= 0:
+        return 0.0, None
+    modules["ema"] = ema = copy.deepcopy(model).requires_grad_(False)
+    return decay, ema
 
 
 def _save_torch_atomic(obj: Any, path: Path) -> None:

@@ -45,8 +45,7 @@ from ..models.lora import DEFAULT_TARGETS, AdapterState, add_lora, count_paramet
 from ..sampling import base_alphas_cumprod
 from .controlnet import controlnet_step_fn
 from .loop import freeze, resolve_n_steps, train
-from .presets import DEFAULT_CONFIG as LDPM_DEFAULT
-from .presets import PAPER_CONFIG as LDPM_PAPER
+from .presets import DEFAULT_CONFIG as LDPM_DEFAULT, PAPER_CONFIG as LDPM_PAPER
 from .runtime import Runtime
 
 #: the contrast groups (manifest ``contrast``; fastMRI's ``AXT1PRE`` is read as ``T1PRE``)
@@ -55,15 +54,20 @@ T2_GROUP = ["T2", "FLAIR"]
 _LORA_KEYS = {"alpha": None, "targets": list(DEFAULT_TARGETS)}
 
 
+def _controlnet_keys(controlnet_cfg: Mapping[str, Any], *drop: str) -> dict[str, Any]:
+    """The controlnet stage's settings an adapter stage shares (the adapters keep their last
+    step's weights: no ``ema``)."""
+    return {k: v for k, v in copy.deepcopy(dict(controlnet_cfg)).items() if k not in ("ema", *drop)}
+
+
 def _joint(controlnet_cfg: Mapping[str, Any], rank: int, lora_lr: float) -> dict[str, Any]:
-    return {**copy.deepcopy(dict(controlnet_cfg)), "rank": rank, **copy.deepcopy(_LORA_KEYS),
+    return {**_controlnet_keys(controlnet_cfg), "rank": rank, **copy.deepcopy(_LORA_KEYS),
             "lora_lr": lora_lr}
 
 
 def _group(controlnet_cfg: Mapping[str, Any], contrasts: list[str], n_steps: int | None,
            epochs: float | None, lora_lr: float) -> dict[str, Any]:
-    cfg = {k: v for k, v in copy.deepcopy(dict(controlnet_cfg)).items() if k != "lr"}
-    return {**cfg, "n_steps": n_steps, "epochs": epochs, "rank": 4, **copy.deepcopy(_LORA_KEYS),
+    return {**_controlnet_keys(controlnet_cfg, "lr"), "n_steps": n_steps, "epochs": epochs, "rank": 4, **copy.deepcopy(_LORA_KEYS),
             "lora_lr": lora_lr, "contrasts": list(contrasts)}
 
 

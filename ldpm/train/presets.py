@@ -112,6 +112,12 @@ PAPER_CONFIG: dict[str, dict[str, Any]] = {
     },
 }
 
+# the weight average the stage saves as its final weights (ldpm.train.loop.weight_average; 0: the
+# last step's weights)
+for _stage in ("vae_natural", "vae", "denoiser", "controlnet"):
+    DEFAULT_CONFIG[_stage].setdefault("ema", 0.0)
+    PAPER_CONFIG[_stage].setdefault("ema", 0.0)
+
 # the image-domain MR stages augment their training images (the denoiser trains on fixed
 # latents, vae_natural on photographs; the paper preset trains on fastMRI as it is)
 for _stage in ("sketcher", "vae_natural", "vae", "controlnet"):

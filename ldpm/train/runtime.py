@@ -36,7 +36,6 @@ from ..errors import LdpmInputError
 from ..seeding import step_generator
 
 
-
 @dataclass(frozen=True)
 class Runtime:
     """The device of this process and its place among ``world_size`` data-parallel ranks."""
