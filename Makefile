@@ -2,12 +2,13 @@
 #   make all    install into .venv, then run the whole default pipeline to its tables/figures
 #   make test   install into .venv, then run the test suite
 #   make test-fast   the suite without the slow end-to-end tests (a quick local loop; CI runs all)
+#   make report      Snakemake's HTML report of a finished run: results/report.html
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ldpm-installed
 
-.PHONY: all test test-fast install clean-results
+.PHONY: all test test-fast install report clean-results
 
 all: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --profile workflow/profiles/local all
@@ -19,6 +20,9 @@ test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 install: $(STAMP)
+
+report: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --profile workflow/profiles/local --report results/report.html all
 
 # torch and torchvision are pinned in pyproject.toml (the only pair that imports together here).
 $(STAMP): pyproject.toml

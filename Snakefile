@@ -34,6 +34,11 @@ config.clear()
 config.update(_checked)  # in place: --config strings read as the numbers the schema wants
 
 
+# `snakemake --report results/report.html` (make report): the tables, figures and notebooks
+# flagged with report() in the rules, each with its caption from workflow/report/
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

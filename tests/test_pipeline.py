@@ -87,6 +87,29 @@ def test_whole_dag_on_tiny_config(tmp_path):
     # nothing left to do: a second run is a no-op
     again = run_snakemake(workdir, "all", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the workflow measured every job, and the report's cost table is those files' numbers
+    bench = res / "benchmarks"
+    for kind in ("preprocess", "train", "reconstruct", "evaluate"):
+        assert list((bench / kind).glob("*.tsv")), kind
+    costs = pd.read_csv(res / "tables" / "cost.csv")
+    ldpm_row = costs[(costs["kind"] == "reconstruct") & (costs["name"] == "ldpm")].iloc[0]
+    shards = [pd.read_csv(f, sep="\t")["s"].iloc[-1] for f in sorted((bench / "reconstruct").glob("ldpm_[0-9]*.tsv"))]
+    assert ldpm_row["jobs"] == 2 and ldpm_row["seconds"] == pytest.approx(sum(shards))
+    for fig in ("per_volume", "subsets", "cost", "quality_time"):
+        assert (res / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+        assert (res / "figures" / f"{fig}.pdf").is_file(), fig
+    # Snakemake's HTML report: every flagged table, figure and notebook, by category and caption
+    html = run_snakemake(workdir, "--report", "results/report.html", "all")
+    assert html.returncode == 0, html.stdout[-3000:] + html.stderr[-3000:]
+    page = (res / "report.html").read_text()
+    for name in ("table1.csv", "table2.csv", "table3.csv", "cost.csv", "fig3_vae.csv",
+                 "lora.csv", "diffcode_table1.csv", "diffcode_table2.csv", "fig2_examples.png",
+                 "fig3_vae.png", "training_curves.png", "per_volume.png", "subsets.png",
+                 "cost.png", "quality_time.png", "report.ipynb", "lora.ipynb", "diffcode.ipynb",
+                 "Table I", "Table III", "Cost per job", "Training curves", "DiffCode", "LoRA",
+                 "Tang et al., LDPM"):
+        assert name in page, name
+    assert "Undefined substitution" not in html.stderr
     assert [*tmp_path.rglob("PWNED"), *REPO.rglob("PWNED")] == []
 
 

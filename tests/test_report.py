@@ -341,3 +341,31 @@ def test_provenance_records_packages_accelerator_inputs_and_weights(tmp_path):
                                      str(sd / "unet" / "w.safetensors"): digest(sd / "unet" / "w.safetensors"),
                                      str(vgg): digest(vgg), str(tmp_path / "gone.pth"): "absent"}
     assert rec["data_sha256"] == {str(manifest): digest(manifest)}
+
+
+def test_cost_table_sums_each_methods_benchmark_files(tmp_path):
+    """The cost table is Snakemake's benchmark files: a method's shards summed, its seconds per
+    slice over its test slices, the largest job's peak memory; missing jobs are left out."""
+    from ldpm.report.plots import cost_table
+
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+    def bench(rel: str, seconds: float, rss: float) -> None:
+        path = tmp_path / "benchmarks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(head + f"{seconds}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t50\t1\n")
+
+    bench("reconstruct/ldpm_0.tsv", 10.0, 100.0)
+    bench("reconstruct/ldpm_1.tsv", 30.0, 300.0)
+    bench("reconstruct/ldpm_wo_dss_0.tsv", 5.0, 50.0)   # another method, not one of ldpm's shards
+    bench("train/vae.tsv", 7.5, 80.0)
+    bench("preprocess/a.tsv", 1.0, 10.0)
+    bench("preprocess/b.tsv", 2.0, 20.0)
+    costs = cost_table(tmp_path, ["ldpm", "unet"], ["vae", "sketcher"], {"ldpm": 8}).set_index(["kind", "name"])
+    assert costs.loc[("reconstruct", "ldpm"), "jobs"] == 2
+    assert costs.loc[("reconstruct", "ldpm"), "seconds"] == pytest.approx(40.0)
+    assert costs.loc[("reconstruct", "ldpm"), "seconds_per_slice"] == pytest.approx(5.0)
+    assert costs.loc[("reconstruct", "ldpm"), "peak_rss_mb"] == pytest.approx(300.0)
+    assert costs.loc[("train", "vae"), "seconds"] == pytest.approx(7.5)
+    assert costs.loc[("preprocess", "all volumes"), "seconds"] == pytest.approx(3.0)
+    assert ("reconstruct", "unet") not in costs.index and ("train", "sketcher") not in costs.index

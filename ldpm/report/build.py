@@ -7,6 +7,7 @@ What each step reads (all written by earlier pipeline steps; no model is run her
 * Table III ``metrics/<method>/per_volume.csv`` of the Table I methods (mean PSNR per subset)
 * Fig. 2    ``data/test/shard*.h5`` (``target``) and ``recon/<method>/shard*.h5`` (``recon``)
 * Fig. 3    ``vae_recon/{untuned,mr}.h5`` and ``metrics/vae_{untuned,mr}/summary.json``
+* plots     ``metrics/<method>/per_volume.csv`` and ``benchmarks/*/*.tsv`` (:mod:`ldpm.report.plots`)
 * report    the above, plus ``provenance.json`` (config, git commit, data hashes)
 
 Paper values come from ``config/paper_values.yaml`` (:mod:`ldpm.report.paper`) and are only
@@ -152,6 +153,27 @@ def make_training_curves(results: str | Path, stages: Sequence[str]) -> Path:
     return plot_training_curves(logs, results / "figures" / "training_curves.png")
 
 
+def make_plots(results: str | Path, methods: Sequence[str], stages: Sequence[str]) -> list[Path]:
+    """The report's plots and the cost table (:mod:`ldpm.report.plots`): per-volume PSNR/SSIM,
+    PSNR per contrast and field strength, cost per job (``tables/cost.*`` and
+    ``figures/cost.*``) and quality against time, from ``metrics/`` and ``benchmarks/``."""
+    from .plots import (cost_table, plot_costs, plot_per_volume, plot_quality_vs_time,
+                        plot_subsets, write_cost_table)
+
+    results = Path(results)
+    figures = results / "figures"
+    per_volume = per_volume_all(results, methods)
+    summaries = {m: _summary(results, m) for m in methods}
+    costs = cost_table(results, methods, stages, {m: int(s.get("n_slices") or 0) for m, s in summaries.items()})
+    psnr = {m: s["metrics"]["psnr"]["mean"] for m, s in summaries.items()
+            if (s["metrics"].get("psnr") or {}).get("mean") is not None}
+    return [plot_per_volume(per_volume, methods, figures / "per_volume.png"),
+            plot_subsets(per_volume, table1_methods(methods), figures / "subsets.png"),
+            *write_cost_table(costs, results / "tables" / "cost"),
+            plot_costs(costs, figures / "cost.png"),
+            plot_quality_vs_time(costs, psnr, figures / "quality_time.png")]
+
+
 def data_hash(provenance: Mapping) -> str:
     """One SHA-256 over the run's data files: of the sorted ``"<sha256>  <path>"`` lines."""
     lines = sorted(f"{h}  {p}" for p, h in (provenance.get("data_sha256") or {}).items())
@@ -208,6 +230,15 @@ def write_report(results: str | Path, with_fig3: bool = True) -> Path:
                   "Each stage's logged loss against the step (running mean over 25 steps over the "
                   "raw values; the VAE stages also show the L1 error, and a dashed line where the "
                   "GAN term of eq. 5 starts).\n\n![training curves](figures/training_curves.png)"]
+    if (results / "figures" / "per_volume.png").is_file():
+        parts += ["## Per-volume scores",
+                  "PSNR and SSIM of every test volume per method (box: quartiles; points: "
+                  "volumes).\n\n![per-volume scores](figures/per_volume.png)",
+                  "## PSNR per contrast and field strength",
+                  "Table III's brain subsets as bars (mean ± std over the subset's volumes)."
+                  "\n\n![subsets](figures/subsets.png)",
+                  "## Cost per job", md("cost"),
+                  "![cost per job](figures/cost.png)\n\n![quality against time](figures/quality_time.png)"]
     parts += ["## Training notes", training_notes(results, prov.get("config") or {})]
     hashes = "\n".join(f"| `{p}` | `{h}` |" for key in ("data_sha256", "input_sha256", "weights_sha256")
                        for p, h in sorted((prov.get(key) or {}).items()))

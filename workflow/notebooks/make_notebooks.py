@@ -50,6 +50,12 @@ stage_list = [s for s in stages.split(",") if s]
 if stage_list:
     curves = build.make_training_curves(results, stage_list)
     display(Image(filename=str(curves)))'''),
+    (None, '''# Per-volume scores, PSNR per contrast/field strength, cost per job (Snakemake's benchmark
+# files) and quality against time
+plots = build.make_plots(results, method_list, stage_list)
+display(Markdown(plots[3].read_text()))
+for fig in plots[:2] + plots[5:]:
+    display(Image(filename=str(fig)))'''),
     (None, '''# results/report.md: all of the above with the config, git commit and data hash
 report = build.write_report(results, with_fig3=bool(with_fig3))
 print(report)'''),

@@ -13,6 +13,7 @@ from ldpm.methods.graph import study_methods
 
 ENV = str(REPO / "environment.yml")
 NOTEBOOKS = REPO / "workflow" / "notebooks"
+CAPTIONS = REPO / "workflow" / "report"
 DATA = "results/data"
 SHARDS = list(range(config["inference"]["n_shards"]))
 METHODS = config["methods"]
@@ -73,3 +74,10 @@ def raw_input(wildcards):
     if config["data"]["source"] == "embedded":
         return str(Path(RAW[wildcards.volume]).parent)
     return RAW[wildcards.volume]
+
+
+def reported(path, caption, category, subcategory=None, **labels):
+    """``path`` flagged for Snakemake's HTML report (``snakemake --report``, ``make report``)
+    with the caption ``workflow/report/<caption>.rst`` under ``category``."""
+    return report(path, caption=str(CAPTIONS / f"{caption}.rst"), category=category,
+                  subcategory=subcategory, labels=labels or None)

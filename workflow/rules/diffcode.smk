@@ -80,8 +80,9 @@ if DIFFCODE_ON:
             paper=PAPER_VALUES_DIFFCODE,
             notebook=NOTEBOOKS / "diffcode.ipynb",
         output:
-            tables=expand("results/tables/{table}.{ext}", table=DC_TABLES, ext=["csv", "md", "tex"]),
-            notebook="results/notebooks/diffcode.ipynb",
+            tables=[*(reported(f"results/tables/{t}.csv", f"table_{t}", "DiffCode") for t in DC_TABLES),
+                    *expand("results/tables/{table}.{ext}", table=DC_TABLES, ext=["md", "tex"])],
+            notebook=reported("results/notebooks/diffcode.ipynb", "notebook", "DiffCode"),
         params:
             methods=",".join(DC_METHODS),
             tasks=",".join(DIFFCODE["tasks"]),

@@ -26,8 +26,9 @@ if LORA_ENABLED:
             models=LORA_TABLE_MODELS,
             notebook=NOTEBOOKS / "lora.ipynb",
         output:
-            tables=expand("results/tables/lora.{ext}", ext=["csv", "md", "tex"]),
-            notebook="results/notebooks/lora.ipynb",
+            tables=[reported("results/tables/lora.csv", "table_lora", "LoRA"),
+                    *expand("results/tables/lora.{ext}", ext=["md", "tex"])],
+            notebook=reported("results/notebooks/lora.ipynb", "notebook", "LoRA"),
         params:
             methods=",".join(LORA_METHODS),
             n_steps=config["inference"].get("ldpm", {}).get("n_steps", 25),

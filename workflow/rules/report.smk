@@ -5,13 +5,19 @@
 WITH_FIG3 = "vae" in TRAIN_STAGES
 VAE_KINDS = ["untuned", "mr"]
 PAPER_VALUES = REPO / "config" / "paper_values.yaml"
-TABLES = ["table1", "table2", "table3"] + (["fig3_vae"] if WITH_FIG3 else [])
+TABLES = ["table1", "table2", "table3"] + (["fig3_vae"] if WITH_FIG3 else []) + ["cost"]
 # the training stages of the report's methods (their log.csv: the training-curves figure)
 REPORT_STAGES = sorted({s for m in METHODS for s in method_stages(m, WITH_SD)}
                        | {d for m in METHODS for s in method_stages(m, WITH_SD)
                           for d in stage_dependencies(s, WITH_SD)})
 FIGURES = (["fig2_examples"] + (["fig3_vae"] if WITH_FIG3 else [])
-           + (["training_curves"] if REPORT_STAGES else []))
+           + (["training_curves"] if REPORT_STAGES else [])
+           + ["per_volume", "subsets", "cost", "quality_time"])
+# the HTML report's category of each table and figure (captions: workflow/report/<name>.rst)
+REPORT_CATEGORY = {"table1": "Table I", "table2": "Table II", "table3": "Table III",
+                   "subsets": "Table III", "fig2_examples": "Figures", "fig3_vae": "Figures",
+                   "per_volume": "Figures", "training_curves": "Training curves",
+                   "cost": "Cost per job", "quality_time": "Cost per job"}
 
 REPORT_OUTPUTS = [
     *expand("results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]),
@@ -111,10 +117,12 @@ rule report:
         notebook=NOTEBOOKS / "report.ipynb",
         models=expand("results/models/{stage}/final", stage=REPORT_STAGES),
     output:
-        tables=expand("results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]),
-        figures=expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
-        notebook="results/notebooks/report.ipynb",
-        report="results/report.md",
+        tables=[reported(f"results/tables/{t}.csv", f"table_{t}", REPORT_CATEGORY[t], "tables")
+                for t in TABLES] + expand("results/tables/{table}.{ext}", table=TABLES, ext=["md", "tex"]),
+        figures=[reported(f"results/figures/{f}.png", f, REPORT_CATEGORY[f], "figures")
+                 for f in FIGURES] + expand("results/figures/{figure}.pdf", figure=FIGURES),
+        notebook=reported("results/notebooks/report.ipynb", "notebook", "Notebooks"),
+        report=reported("results/report.md", "report_md", "Notebooks"),
     params:
         methods=",".join(METHODS),
         fig3=int(WITH_FIG3),

@@ -1,0 +1,184 @@
+"""The report's statistical plots (seaborn, one theme) and the cost of each job.
+
+* :func:`plot_per_volume`: PSNR and SSIM of every test volume, per method (box + points), from
+  ``metrics/<method>/per_volume.csv``;
+* :func:`plot_subsets`: mean PSNR per contrast and per field strength, per method (grouped bars
+  beside Table III), from the same files;
+* :func:`cost_table` / :func:`plot_costs`: wall time and peak memory of every training stage and
+  every method's reconstruction, read from the ``benchmark:`` files Snakemake writes for each job
+  (``benchmarks/{train,reconstruct,evaluate,preprocess}/*.tsv``);
+* :func:`plot_quality_vs_time`: test PSNR against reconstruction seconds per slice, per method.
+
+Every figure is written as PNG and PDF (:func:`ldpm.report.figures.save_figure`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import pandas as pd
+
+from .figures import plt, save_figure
+from .tables import METHOD_NAMES
+
+#: the seaborn theme of every plot in the report
+THEME = {"style": "whitegrid", "context": "paper", "palette": "colorblind"}
+
+#: Snakemake's benchmark columns the cost table keeps: wall seconds and peak resident memory (MB)
+BENCHMARK_COLUMNS = {"s": "seconds", "max_rss": "peak_rss_mb"}
+
+
+@contextlib.contextmanager
+def themed() -> Iterator[None]:
+    """Draw inside the report's seaborn theme without changing matplotlib's global state."""
+    import seaborn as sns
+
+    with sns.axes_style(THEME["style"]), sns.plotting_context(THEME["context"]), \
+            sns.color_palette(THEME["palette"]):
+        yield
+
+
+def _names(methods: Sequence[str]) -> list[str]:
+    return [METHOD_NAMES.get(m, m) for m in methods]
+
+
+def plot_per_volume(per_volume: pd.DataFrame, methods: Sequence[str], out_png: Path) -> Path:
+    """Box plots with every volume as a point: PSNR (left) and SSIM (right) per method."""
+    import seaborn as sns
+
+    df = per_volume[per_volume["method"].isin(methods)].assign(
+        name=lambda d: d["method"].map(lambda m: METHOD_NAMES.get(m, m)))
+    order = _names(methods)
+    with themed():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(methods) + 1.5), squeeze=False)
+        for ax, metric, label in zip(axes[0], ("psnr", "ssim"), ("PSNR (dB)", "SSIM")):
+            sns.boxplot(data=df, x=metric, y="name", order=order, ax=ax, color="0.9",
+                        showfliers=False)
+            sns.stripplot(data=df, x=metric, y="name", order=order, ax=ax, size=3, hue="name",
+                          hue_order=order, legend=False)
+            ax.set(xlabel=f"{label} per test volume", ylabel="")
+        fig.tight_layout()
+        return save_figure(fig, out_png)
+
+
+def plot_subsets(per_volume: pd.DataFrame, methods: Sequence[str], out_png: Path) -> Path:
+    """Mean PSNR per contrast (left) and per field strength (right) of the brain test volumes,
+    one bar per method (Table III's numbers as a picture); the error bars are the std."""
+    import seaborn as sns
+
+    df = per_volume[per_volume["method"].isin(methods)
+                    & (per_volume["anatomy"].astype(str) == "brain")].assign(
+        name=lambda d: d["method"].map(lambda m: METHOD_NAMES.get(m, m)),
+        field=lambda d: d["field_strength"].map(lambda f: f"{float(f):g} T"))
+    order = _names(methods)
+    with themed():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), squeeze=False)
+        for ax, key, label in zip(axes[0], ("contrast", "field"), ("contrast", "field strength")):
+            sns.barplot(data=df, x=key, y="psnr", hue="name", hue_order=order, ax=ax,
+                        errorbar="sd", order=sorted(df[key].unique()), err_kws={"linewidth": 0.8})
+            ax.set(xlabel=label, ylabel="PSNR (dB)")
+            ax.legend_.remove() if ax.legend_ is not None else None
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7)
+        fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
+        return save_figure(fig, out_png)
+
+
+def _benchmark(path: Path) -> dict[str, float]:
+    row = pd.read_csv(path, sep="\t").iloc[-1]
+    return {out: float(row[col]) for col, out in BENCHMARK_COLUMNS.items()}
+
+
+def cost_table(results: str | Path, methods: Sequence[str], stages: Sequence[str],
+               n_slices: Mapping[str, int]) -> pd.DataFrame:
+    """One row per job kind and name: ``kind`` (train | reconstruct | evaluate | preprocess),
+    ``name``, ``jobs``, ``seconds`` (summed over the jobs: a method's shards, the volumes),
+    ``seconds_per_slice`` (reconstruction: over the method's ``n_slices`` test slices) and
+    ``peak_rss_mb`` (the largest job's); a job without a benchmark file is left out."""
+    bench = Path(results) / "benchmarks"
+    rows = []
+
+    def add(kind: str, name: str, files: list[Path], slices: int | None = None) -> None:
+        if not files:
+            return
+        runs = [_benchmark(f) for f in files]
+        seconds = sum(r["seconds"] for r in runs)
+        rows.append({"kind": kind, "name": name, "jobs": len(runs), "seconds": seconds,
+                     "seconds_per_slice": seconds / slices if slices else None,
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
+
+    add("preprocess", "all volumes", sorted((bench / "preprocess").glob("*.tsv")))
+    for stage in stages:
+        add("train", stage, [f for f in [bench / "train" / f"{stage}.tsv"] if f.is_file()])
+    for m in methods:
+        shards = [f for f in (bench / "reconstruct").glob(f"{m}_*.tsv")
+                  if re.fullmatch(rf"{re.escape(m)}_\d+", f.stem)]
+        add("reconstruct", m, sorted(shards), n_slices.get(m))
+    for m in methods:
+        add("evaluate", m, [f for f in [bench / "evaluate" / f"{m}.tsv"] if f.is_file()])
+    return pd.DataFrame(rows, columns=["kind", "name", "jobs", "seconds", "seconds_per_slice",
+                                       "peak_rss_mb"])
+
+
+def write_cost_table(costs: pd.DataFrame, stem: Path) -> list[Path]:
+    """``stem``.csv (numbers) and .md/.tex (rounded) of :func:`cost_table`."""
+    from ..io import write_text_atomic
+
+    stem = Path(stem)
+    shown = costs.assign(name=costs["name"].map(lambda n: METHOD_NAMES.get(n, n)))
+    shown = shown.rename(columns={"seconds": "wall s", "seconds_per_slice": "s / slice",
+                                  "peak_rss_mb": "peak RSS (MB)"}).round(2)
+    title = "Cost per job: wall time and peak memory (Snakemake benchmark files of this run)"
+    note = ("Seconds are summed over a row's jobs (a method's shards, the volumes); s / slice is "
+            "a method's reconstruction time over its test slices; peak RSS is the largest job's.")
+    paths = [stem.with_suffix(s) for s in (".csv", ".md", ".tex")]
+    write_text_atomic(paths[0], costs.to_csv(index=False))
+    write_text_atomic(paths[1], f"### {title}\n\n" + shown.to_markdown(index=False, missingval="–") + f"\n\n{note}\n")
+    write_text_atomic(paths[2], f"% {title}\n% {note}\n" + shown.to_latex(index=False, na_rep="--"))
+    return paths
+
+
+def plot_costs(costs: pd.DataFrame, out_png: Path) -> Path:
+    """Wall time (left, log scale) and peak memory (right) of each training stage and each
+    method's reconstruction."""
+    import seaborn as sns
+
+    df = costs[costs["kind"].isin(["train", "reconstruct"])].assign(
+        job=lambda d: d["kind"] + ": " + d["name"].map(lambda n: METHOD_NAMES.get(n, n)))
+    with themed():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * max(len(df), 1) + 1.5), squeeze=False)
+        for ax, col, label in zip(axes[0], ("seconds", "peak_rss_mb"),
+                                  ("wall time (s)", "peak RSS (MB)")):
+            sns.barplot(data=df, x=col, y="job", hue="kind", ax=ax, dodge=False, legend=ax is axes[0, 0])
+            ax.set(xlabel=label, ylabel="")
+        if axes[0, 0].legend_ is not None:
+            sns.move_legend(axes[0, 0], "lower right")
+        if len(df):
+            axes[0, 0].set_xscale("log")
+        fig.tight_layout()
+        return save_figure(fig, out_png)
+
+
+def plot_quality_vs_time(costs: pd.DataFrame, psnr: Mapping[str, float], out_png: Path) -> Path:
+    """Test PSNR against reconstruction seconds per slice (log scale), one point per method."""
+    import seaborn as sns
+
+    rec = costs[(costs["kind"] == "reconstruct") & costs["name"].isin(list(psnr))]
+    df = pd.DataFrame({"method": [METHOD_NAMES.get(m, m) for m in rec["name"]],
+                       "seconds_per_slice": rec["seconds_per_slice"].astype(float).to_numpy(),
+                       "psnr": [psnr[m] for m in rec["name"]]})
+    with themed():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        sns.scatterplot(data=df, x="seconds_per_slice", y="psnr", hue="method", ax=ax, s=50,
+                        legend=False)
+        for _, r in df.iterrows():
+            ax.annotate(r["method"], (r["seconds_per_slice"], r["psnr"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        if len(df) and (df["seconds_per_slice"] > 0).all():
+            ax.set_xscale("log")
+        ax.set(xlabel="reconstruction seconds per test slice", ylabel="test PSNR (dB)")
+        fig.tight_layout()
+        return save_figure(fig, out_png)
