@@ -7,16 +7,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ldpm-installed
+TEST_STAMP := $(VENV)/.ldpm-test-installed
+# every package's version, resolved from pyproject.toml (`make lock` regenerates it)
+LOCK := requirements.lock
 
-.PHONY: all test test-fast install report clean-results
+.PHONY: all test test-fast install lock report clean-results
 
 all: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --profile workflow/profiles/local all
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 install: $(STAMP)

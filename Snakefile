@@ -3,19 +3,28 @@
 #   snakemake --profile workflow/profiles/local all     # laptop, embedded data (README)
 #   snakemake --profile slurm all                       # GPU cluster, fastMRI
 #
-# Rules only orchestrate: each calls one `ldpm <command>` entry point (ldpm/cli.py).
+# Rules only orchestrate: each calls one `python -m ldpm.cli <command>` entry point (ldpm/cli.py).
 
+import os
 import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
 
-from ldpm.config import validate_config
-from ldpm.errors import LdpmInputError
-
 min_version("9.0")
 
 REPO = Path(workflow.basedir)
+
+# Every job imports the ldpm of this checkout, in whichever environment it runs: the local venv,
+# or a `--sdm conda` environment from environment.yml, which holds only the dependencies. The
+# rules call `python -m ldpm.cli`, never an installed `ldpm` script.
+if str(REPO) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # this file imports it too, wherever Snakemake was installed
+
+from ldpm.config import validate_config  # noqa: E402
+from ldpm.errors import LdpmInputError  # noqa: E402
 
 
 configfile: str(REPO / "config" / "config.yaml")

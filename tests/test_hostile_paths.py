@@ -23,7 +23,7 @@ HOSTILE = "sp ace 'sq' \"dq\" $(touch PWNED) `touch PWNED`"
 HOSTILE_JSON = json.dumps(HOSTILE)[1:-1]
 
 #: the programs the rules' shell commands call; stubs record their arguments instead
-PROGRAMS = ("ldpm", "python", "papermill")
+PROGRAMS = ("python", "papermill")  # the rules call `python -m ldpm.cli`, no installed script
 STUB = '#!/bin/bash\n{ printf "%s\\0" "$(basename "$0")"; for a in "$@"; do printf "%s\\0" "$a"; done; } > "$STUB_OUT"\n'
 
 

@@ -21,7 +21,7 @@ if config["data"]["source"] == "embedded":
             mem_mb=2000,
             runtime=10,
         shell:
-            "ldpm embedded --subject {params.index:q} --out-dir {output:q} --embedded {params.embedded}"
+            "python -m ldpm.cli embedded --subject {params.index:q} --out-dir {output:q} --embedded {params.embedded}"
             " --crop-size {params.crop:q} --drop-last-slices {params.drop:q} --seed {params.seed:q}"
             " > {log:q} 2>&1"
 
@@ -46,7 +46,7 @@ rule preprocess:
         mem_mb=4000,
         runtime=10,
     shell:
-        "ldpm preprocess --input {params.h5:q} --output {output:q}"
+        "python -m ldpm.cli preprocess --input {params.h5:q} --output {output:q}"
         " --crop-size {params.crop:q} --drop-last-slices {params.drop:q} > {log:q} 2>&1"
 
 
@@ -65,7 +65,7 @@ rule manifest:
     conda:
         ENV
     shell:
-        "ldpm manifest --stores {input:q} --output {output:q} --split-fractions {params.fractions}"
+        "python -m ldpm.cli manifest --stores {input:q} --output {output:q} --split-fractions {params.fractions}"
         " --seed {params.seed:q} --split {params.split:q} > {log:q} 2>&1"
 
 
@@ -85,6 +85,6 @@ rule test_shard:
     conda:
         ENV
     shell:
-        "ldpm test-shard --manifest {input:q} --shard {wildcards.shard:q} --n-shards {params.n:q}"
+        "python -m ldpm.cli test-shard --manifest {input:q} --shard {wildcards.shard:q} --n-shards {params.n:q}"
         " --output {output:q} --acceleration {params.acc:q} --center-fraction {params.cf:q}"
         " --mask-seed {params.seed:q} > {log:q} 2>&1"

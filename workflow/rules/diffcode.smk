@@ -46,7 +46,7 @@ if DIFFCODE_ON:
             mem_mb=8000,
             runtime=720,
         shell:
-            "OMP_NUM_THREADS={threads:q} ldpm diffcode-train --stage {wildcards.stage:q}"
+            "OMP_NUM_THREADS={threads:q} python -m ldpm.cli diffcode-train --stage {wildcards.stage:q}"
             " --manifest {input.manifest:q} --out-dir results/models/diffcode_{wildcards.stage:q}"
             " --config {params.cfg} {params.deps} --seed {params.seed:q} > {log:q} 2>&1"
 
@@ -69,7 +69,7 @@ if DIFFCODE_ON:
             ENV
         threads: 1
         shell:
-            "OMP_NUM_THREADS={threads:q} ldpm diffcode-evaluate --method {wildcards.method:q}"
+            "OMP_NUM_THREADS={threads:q} python -m ldpm.cli diffcode-evaluate --method {wildcards.method:q}"
             " --shards {input.shards:q} {params.models} --config {params.cfg}"
             " --output {output.summary:q} --per-volume {output.per_volume:q} > {log:q} 2>&1"
 

@@ -18,7 +18,7 @@ rule reference_features:
         ENV
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads:q} ldpm reference-features --data {input.data:q}"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.cli reference-features --data {input.data:q}"
         " --inception-weights {params.inception} --output {output:q} > {log:q} 2>&1"
 
 
@@ -45,7 +45,7 @@ rule evaluate:
         ENV
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads:q} ldpm evaluate --method {wildcards.method:q} --recon {input.recon:q}"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.cli evaluate --method {wildcards.method:q} --recon {input.recon:q}"
         " --data {input.data:q} --manifest {input.manifest:q} --out-dir results/metrics/{wildcards.method:q}"
         " --lpips-backbone {params.lpips} --inception-weights {params.inception}"
         " --kid-subset-size {params.kid:q} --reference-features {input.reference:q} > {log:q} 2>&1"
@@ -74,7 +74,7 @@ rule val_score:
     resources:
         gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) else 0,
     shell:
-        "OMP_NUM_THREADS={threads:q} ldpm val-score --method {wildcards.method:q} --manifest {input.manifest:q}"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.cli val-score --method {wildcards.method:q} --manifest {input.manifest:q}"
         " {params.checkpoints} --options {params.options} --masks {params.masks}"
         " --out-dir results/val/{wildcards.method:q} > {log:q} 2>&1"
 

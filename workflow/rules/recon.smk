@@ -30,5 +30,5 @@ rule reconstruct:
     resources:
         gpu=lambda wc: 1 if method_stages(wc.method, WITH_SD) or wc.method in MULTICOIL_METHODS else 0,
     shell:
-        "OMP_NUM_THREADS={threads:q} ldpm reconstruct --method {wildcards.method:q} --shard-data {input.data:q}"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.cli reconstruct --method {wildcards.method:q} --shard-data {input.data:q}"
         " {params.checkpoints} --options {params.options} --output {output:q} > {log:q} 2>&1"

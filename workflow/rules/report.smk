@@ -42,7 +42,7 @@ rule provenance:
     conda:
         ENV
     shell:
-        "ldpm provenance --output {output:q} --config {params.cfg} --hash {input:q}"
+        "python -m ldpm.cli provenance --output {output:q} --config {params.cfg} --hash {input:q}"
         " --manifest {input.manifest:q} > {log:q} 2>&1"
 
 
@@ -66,7 +66,7 @@ rule vae_recon:
     resources:
         gpu=1,
     shell:
-        "OMP_NUM_THREADS={threads:q} ldpm vae-recon --data {input.data:q} --vae-dir results/models/vae"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.cli vae-recon --data {input.data:q} --vae-dir results/models/vae"
         " --sd-path {params.sd} --untuned-dir {params.untuned} {params.outputs} > {log:q} 2>&1"
 
 
@@ -97,7 +97,7 @@ rule evaluate_vae:
         ENV
     threads: 1
     shell:
-        "OMP_NUM_THREADS={threads:q} ldpm evaluate --method vae_{wildcards.kind:q} --recon {input.recon:q}"
+        "OMP_NUM_THREADS={threads:q} python -m ldpm.cli evaluate --method vae_{wildcards.kind:q} --recon {input.recon:q}"
         " --data {input.recon:q} --manifest {input.manifest:q} --out-dir results/metrics/vae_{wildcards.kind:q}"
         " --lpips-backbone {params.lpips} --inception-weights {params.inception}"
         " --kid-subset-size {params.kid:q} --reference-features {input.reference:q} > {log:q} 2>&1"
