@@ -7,6 +7,7 @@ from this working tree, with a local DVC remote beside it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ LOCAL = ["--profile", "workflow/profiles/local"]
 #: tiny config (merged into the clone's config/config.yaml): one trained method, 2 steps
 TINY = TINY_TWO_METHODS
 TABLE_EXTS = (".md", ".csv", ".tex")
+#: the report's tables and figures of wall-clock costs (from the jobs' benchmark files)
+CLOCKED_REPORT = {"cost", "quality_time"}
 NOT_SHARED = {"logs", "benchmarks", ".gitignore"}  # under results/: what DVC does not track (clocked or per-machine)
 
 
@@ -37,6 +40,18 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> 
     if check:
         assert proc.returncode == 0, f"{' '.join(cmd)} in {cwd} -> {proc.returncode}\n{out[-6000:]}"
     return out
+
+
+def find_key(tree, key: str):
+    """The value under ``key`` anywhere in a nested JSON object (DVC nests per revision)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for v in tree.values():
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -65,6 +80,25 @@ def test_dvc_yaml_names_existing_rules_and_persists_every_out():
     for name, stage in stages.items():  # a source dependency that moved stops `dvc repro`
         missing = [d for d in stage["deps"] if not d.startswith("results/") and not (REPO / d).exists()]
         assert not missing, f"stage {name} depends on paths that do not exist: {missing}"
+
+
+def test_dvc_params_metrics_and_plots_name_the_configs_keys_methods_and_stages():
+    """Each stage's params are config keys; `metrics:` is every default method's summary and
+    `plots:` every default training stage's log (the lists follow config/config.yaml)."""
+    from ldpm.methods import method_stages, stage_dependencies
+
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        keys = [k for p in stage["params"] for k in p["config/config.yaml"]]
+        assert keys and set(keys) <= set(cfg), (name, set(keys) - set(cfg))
+        assert "config/config.yaml" not in stage["deps"], name  # its keys are params
+    report_keys = {k for p in dvc["stages"]["report"]["params"] for k in p["config/config.yaml"]}
+    assert report_keys == set(cfg), "provenance.json records every key"
+    assert dvc["metrics"] == [f"results/metrics/{m}/summary.json" for m in cfg["methods"]]
+    stages = {s for m in cfg["methods"] for s in method_stages(m, False)}
+    stages |= {d for s in stages for d in stage_dependencies(s, False)}
+    assert {next(iter(p)) for p in dvc["plots"]} == {f"results/models/{s}/log.csv" for s in stages}
 
 
 #: the rules whose outputs each DVC stage owns, in pipeline order (every rule has one owner)
@@ -178,6 +212,19 @@ def test_fresh_clone_pulls_and_regenerates_identical_tables_without_training(ori
         assert regenerated.read_bytes() == table.read_bytes(), table.name
     # the pulled artefacts were used as they are
     assert "up to date" in run([DVC, "status", "data", "train", "recon", "metrics"], clone)
+    # DVC's own views of the run: the methods' metrics and the training curves
+    metrics = json.loads(run([DVC, "metrics", "show", "--json"], clone))
+    unet = json.loads((clone / "results" / "metrics" / "unet" / "summary.json").read_text())
+    shown = find_key(metrics, "results/metrics/unet/summary.json")
+    assert shown["data"]["metrics"]["psnr"]["mean"] == pytest.approx(unet["metrics"]["psnr"]["mean"])
+    plots = run([DVC, "plots", "show", "--json"], clone)
+    assert "results/models/unet/log.csv" in plots
+    # a config change names the stages that read the key, and only those
+    cfg = clone / "config" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("kid_subset_size: 4", "kid_subset_size: 3"))
+    status = run([DVC, "status"], clone)
+    assert "metrics:" in status and "report:" in status
+    assert not re.search(r"^(data|train|recon):", status, flags=re.M), status
 
 
 @pytest.mark.slow
@@ -191,7 +238,7 @@ def test_second_run_with_the_same_seed_gives_identical_checkpoints_and_tables(or
         again = second / ckpt.relative_to(origin)
         assert again.read_bytes() == ckpt.read_bytes(), ckpt.relative_to(origin)
     for table in sorted((origin / "results" / "tables").iterdir()):
-        if table.suffix in TABLE_EXTS:
+        if table.suffix in TABLE_EXTS and table.stem not in CLOCKED_REPORT:
             again = second / table.relative_to(origin)
             assert again.read_bytes() == table.read_bytes(), table.name
     # everything else is byte-identical too (data, reconstructions, metrics, PNGs, report.md,
@@ -200,5 +247,6 @@ def test_second_run_with_the_same_seed_gives_identical_checkpoints_and_tables(or
     differ = {str(p.relative_to(origin)) for p in sorted((origin / "results").rglob("*"))
               if p.is_file() and not {"logs", "benchmarks"} & set(p.parts)
               and (second / p.relative_to(origin)).read_bytes() != p.read_bytes()}
-    clocked = {d for d in differ if d.endswith((".pdf", ".ipynb", "/meta.json", "/last.pt", ".timing.json"))}
+    clocked = {d for d in differ if d.endswith((".pdf", ".ipynb", "/meta.json", "/last.pt", ".timing.json"))
+               or Path(d).stem in CLOCKED_REPORT}
     assert differ == clocked, sorted(differ - clocked)
