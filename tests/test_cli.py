@@ -63,3 +63,17 @@ def test_version_is_the_package_version(capsys):
     assert done.value.code == 0
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert capsys.readouterr().out.strip() == f"ldpm {project['project']['version']}"
+
+
+def test_expected_warnings_are_logged_once_not_swallowed(caplog):
+    import logging
+    import warnings
+
+    from ldpm.logs import warnings_once
+
+    with caplog.at_level(logging.WARNING, logger="ldpm.logs"):
+        for _ in range(3):
+            with warnings_once("loading X"):
+                warnings.warn("a note from a dependency", DeprecationWarning)
+    assert [r.getMessage() for r in caplog.records] == [
+        "loading X: DeprecationWarning: a note from a dependency"]

@@ -24,7 +24,6 @@ import functools
 import importlib.util
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ldpm.errors import LdpmInputError
+from ldpm.logs import warnings_once
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 NO_ALEXNET = "AlexNet weights not available offline (set metrics.lpips_backbone in config/config.yaml)"
@@ -132,8 +132,7 @@ def load_lpips(weights: Path, device: str = "cpu"):
                 raise LdpmInputError(str(weights), f"not a torchvision AlexNet state dict (no {key!r})",
                                      f"point metrics.lpips_backbone at torchvision's {ALEXNET_FILE}")
             trunk[f"slice{k}.{idx}.{p}"] = state[key]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings_once("LPIPS"):
         model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     try:
         model.net.load_state_dict(trunk, strict=True)
@@ -191,8 +190,7 @@ def load_inception(weights: str | None = None, device: str = "cpu") -> torch.jit
             raise LdpmInputError(str(weights), "configured Inception weights file does not exist",
                                  "set metrics.inception_weights to a local TorchScript TF-Inception, or null")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings_once(f"Inception {weights}"):
                 return torch.jit.load(weights, map_location="cpu").eval().to(device)
         except Exception as exc:  # noqa: BLE001
             raise LdpmInputError(str(weights), f"not a loadable TorchScript model ({exc})",
@@ -201,8 +199,7 @@ def load_inception(weights: str | None = None, device: str = "cpu") -> torch.jit
     if path is None:
         raise MetricUnavailable(NO_INCEPTION)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings_once(f"Inception {path}"):
             return torch.jit.load(str(path), map_location="cpu").eval().to(device)
     except Exception as exc:  # noqa: BLE001
         raise MetricUnavailable(f"{NO_INCEPTION}: {exc}") from exc
@@ -289,7 +286,8 @@ def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, subset_size: int
 
     The subset size is ``min(subset_size, len(feats_a), len(feats_b))``; sampling uses ``seed``.
     """
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+    from torch_fidelity.metric_kid import (KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD,
+                                           kid_features_to_metric)
 
     m = min(subset_size, len(feats_a), len(feats_b))
     if m < 2:

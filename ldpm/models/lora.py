@@ -11,7 +11,6 @@ weights ``W`` are never touched. Adapters are made by ``peft`` through diffusers
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..errors import LdpmInputError
+from ..logs import warnings_once
 from .pretrained import check_checkpoint_folder, loading_checkpoint
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
@@ -30,9 +30,8 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 @contextmanager
 def _several_adapters_expected() -> Iterator[None]:
-    """Silence peft's warning that a second adapter joins the first: that is the point here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+    """peft warns that a second adapter joins the first (that is the point here): logged once."""
+    with warnings_once("LoRA adapters"):
         yield
 
 

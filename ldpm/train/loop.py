@@ -31,7 +31,6 @@ import re
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LdpmInputError
 from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
+from ..logs import warnings_once
 from ..models.pretrained import loading_checkpoint
 from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
 from .runtime import Runtime
@@ -278,8 +278,7 @@ def _load_last(last: Path) -> dict[str, Any]:
     """The checkpoint dict in ``last`` (``weights_only``); one error naming it if unreadable."""
     fix = f"delete {last} to train the stage from step 0 (or restore an intact copy)"
     with loading_checkpoint(last, fix, "is not a readable training checkpoint"):
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the file is refused anyway
-            warnings.simplefilter("ignore")
+        with warnings_once(f"loading {last}"):  # e.g. "Detected pickle protocol 4"
             ckpt = torch.load(last, map_location="cpu", weights_only=True)
     keys = ("stage", "seed", "step", "rows", "modules", "optimizers")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
