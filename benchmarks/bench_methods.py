@@ -1,7 +1,12 @@
 """Seconds per slice of every reconstruction method, measured in one process on one slice.
 
     python benchmarks/bench_methods.py [--size 128] [--repeats 3] [--device cpu|cuda] [--preset default]
-        [--batch-sizes 1 4 8] [--profile]
+        [--batch-sizes 1 4 8] [--profile] [--score-mri-steps K]
+
+The paper's cost claim at its own settings (320 x 320, the paper preset's networks, Score-MRI at
+N = 2000, LDPM at the paper preset's DSS steps), in one command on a CPU:
+
+    python benchmarks/bench_methods.py --preset paper --size 320 --repeats 1 --score-mri-steps 10
 
 Reference: LDPM's Dual-Stage Sampler. Printed: median seconds per slice of each method, the
 ratio to one plain respaced-DDPM run of the same LDPM networks (the w/o DSS path), the ratio of
@@ -70,6 +75,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="*", default=[],
                     help="also time LDPM with these many slices sampled at once")
     ap.add_argument("--profile", action="store_true", help="split one DSS reconstruction by part")
+    ap.add_argument("--score-mri-steps", type=int, default=None,
+                    help="time Score-MRI over this many of its N predictor-corrector levels and "
+                         "extrapolate linearly to N (each level costs the same)")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -169,10 +177,16 @@ def main() -> None:
     rows = {"LDPM (DSS)": timed(partial(ldpm, True), a.repeats, a.device),
             "plain spaced DDPM (same nets)": timed(partial(ldpm, False), a.repeats, a.device)}
     configs = DEFAULT_CONFIGS if a.preset == "default" else PAPER_CONFIGS
+    n_score = int(configs["score_mri"]["sampler"]["n_steps"])  # the preset's N
+    k_score = min(a.score_mri_steps or n_score, n_score)
     for name in ("unet", "varnet", "swinmr", "score_mri"):
-        model = build_baseline(name, configs[name]).to(dev).eval()
-        rows[name] = timed(lambda: reconstruct(name, model, configs[name], k_np, mask, {"seed": 0}),
+        cfg = configs[name]
+        if name == "score_mri":
+            cfg = {**cfg, "sampler": {**cfg["sampler"], "n_steps": k_score}}
+        model = build_baseline(name, cfg).to(dev).eval()
+        rows[name] = timed(lambda: reconstruct(name, model, cfg, k_np, mask, {"seed": 0}),
                            a.repeats, "cpu")  # baselines' reconstruct runs on the CPU tensors
+    rows["score_mri"] *= n_score / k_score
     ref = rows["LDPM (DSS)"]
     print(f"device: {a.device} ({torch.cuda.get_device_name() if a.device == 'cuda' else 'CPU'}), "
           f"torch threads: {torch.get_num_threads()}, slice {a.size}x{a.size}, "
@@ -181,8 +195,9 @@ def main() -> None:
     for name, sec in rows.items():
         print(f"{name:32s} {sec:10.3f} {sec / ref:14.2f}")
     print(f"DSS / plain spaced DDPM: {ref / rows['plain spaced DDPM (same nets)']:.2f}")
-    print(f"Score-MRI / LDPM: {rows['score_mri'] / ref:.2f} "
-          f"(Score-MRI at N={configs['score_mri']['sampler']['n_steps']})")
+    measured = "" if k_score == n_score else f", timed over {k_score} levels and extrapolated linearly"
+    print(f"Score-MRI / LDPM: {rows['score_mri'] / ref:.2f} (Score-MRI at N={n_score}{measured}; "
+          f"LDPM at {n_steps} DSS steps)")
     if a.batch_sizes:
         per_slice = {b: timed(partial(ldpm_batch, b), a.repeats, a.device) / b for b in a.batch_sizes}
         base = per_slice.get(1) or per_slice[min(per_slice)]
