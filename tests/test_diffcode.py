@@ -332,6 +332,37 @@ def test_evaluation_scores_the_lq_input_and_keeps_na_reasons(config):
     assert "no data configured" in s["tasks"]["ct_denoise"]["metrics"]["ssim"]["reason"]
 
 
+def test_tars_routes_the_prior_from_the_lq_image_alone(config, tmp_path):
+    """DiffCode's prior takes the codebook TARS's classifier predicts from the LQ image: the
+    output does not depend on the task id it is handed (only the oracle row's does), and the
+    routing accuracy is the share of slices routed to their own task."""
+    from ldpm.diffcode.evaluate import MethodRunner
+    from ldpm.diffcode.train import build_modules, save_stage
+
+    torch.manual_seed(0)
+    for stage in dcc.method_stages("diffcode"):
+        cfg = dcc.stage_config(config, stage)
+        modules = build_modules(cfg)
+        if "restorer" in modules:  # its last conv starts at zero (output = LQ): let ref show
+            torch.nn.init.normal_(modules["restorer"].ending.weight, std=0.5)
+        (tmp_path / stage / "final").mkdir(parents=True)
+        save_stage(tmp_path / stage / "final", cfg, modules)
+    dirs = {s: tmp_path / s for s in dcc.method_stages("diffcode")}
+    routed, oracle = MethodRunner("diffcode", dirs), MethodRunner(dcc.ORACLE, dirs)
+    lq = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    predicted = routed.net.gating(lq)[0].argmax(1)
+    outs = {t: routed(lq, torch.full((4,), t), gens()) for t in range(3)}
+    assert all(torch.equal(outs[0], outs[t]) for t in (1, 2))  # the task id is not read
+    by_id = {t: oracle(lq, torch.full((4,), t), gens()) for t in range(3)}
+    assert not torch.equal(by_id[0], by_id[1])  # the codebooks differ: the id would matter
+    for i, t in enumerate(predicted.tolist()):  # routed = the oracle given the predicted task
+        torch.testing.assert_close(outs[0][i], by_id[t][i], rtol=0, atol=0)
+    acc = routed.routing_accuracy()
+    assert acc["overall"] == pytest.approx(float((predicted[None] == torch.arange(3)[:, None]).float().mean()))
+    assert oracle.routing_accuracy() is None and "diffcode_oracle" in dcc.methods(config["diffcode"])
+
+
 def _summary(method: str, config, psnr: float) -> dict:
     rows = [{"method": method, "task": t, "volume": f"v{i}", "n_slices": 2, "psnr": psnr + i + j,
              "ssim": 0.5 + 0.01 * i, "rmse": 0.1 - 0.01 * i} for j, t in enumerate(MRI) for i in range(2)]
@@ -368,8 +399,10 @@ def test_tables_render_values_paper_columns_and_na_cells(config, tmp_path):
 
 def test_stage_graph_shares_the_bank_and_retrieval(config):
     dc = config["diffcode"]
-    assert dcc.methods(dc) == ["lq", "diffcode", "v1", "v2", "v3", "single", "top2", "top3", "unet", "swinir"]
+    assert dcc.methods(dc) == ["lq", "diffcode", "diffcode_oracle", "v1", "v2", "v3", "single", "top2",
+                               "top3", "unet", "swinir"]
     assert dcc.method_stages("diffcode") == ["bank", "retrieval", "restore"]
+    assert dcc.method_stages("diffcode_oracle") == dcc.method_stages("diffcode")
     assert dcc.method_stages("top3") == ["bank", "retrieval", "restore_top3"]
     assert dcc.method_stages("v3") == ["bank", "retrieval_direct", "restore_v3"]
     assert dcc.method_stages("single") == ["bank_single", "retrieval_single", "restore_single"]

@@ -34,9 +34,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 BASELINES = ("unet", "swinir")
 #: the LQ image itself, scored like a method (Table 1's reference row, nothing trained)
 INPUT = "lq"
+#: DiffCode's trained stages with the true task id choosing the prior's codebook instead of TARS's
+#: classifier (a labelled reference row: the paper's routing works from the LQ image alone)
+ORACLE = "diffcode_oracle"
 METHOD_NAMES = {
     "lq": "LQ input",
     "diffcode": "DiffCode",
+    ORACLE: "DiffCode, oracle task id (not TARS)",
     "v1": "V1",
     "v2": "V2",
     "v3": "V3",
@@ -51,7 +55,7 @@ STAGE_KINDS = ("bank", "retrieval", "restore", "unet", "swinir")
 
 def methods(dc: Mapping) -> list[str]:
     """The configured methods: the LQ input, DiffCode, its variants, the all-in-one baselines."""
-    return [INPUT, "diffcode", *[v for v in dc["variants"] if v != "diffcode"], *dc["baselines"]]
+    return [INPUT, "diffcode", ORACLE, *[v for v in dc["variants"] if v != "diffcode"], *dc["baselines"]]
 
 
 def _bank_stage(codebook: str) -> str:
@@ -71,6 +75,8 @@ def method_stage(method: str) -> str:
     """The stage whose weights a method restores with (its stage III, or the baseline)."""
     if method in BASELINES:
         return method
+    if method == ORACLE:
+        return "restore"
     if method not in VARIANTS:
         raise LdpmInputError(f"diffcode method {method!r}", "unknown",
                              f"use one of {', '.join([*VARIANTS, *BASELINES])}")

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from ..data.store import read_shard
 from ..errors import LdpmInputError
 from ..io import atomic_path, write_text_atomic
 from ..metrics.image import psnr, rmse, ssim
-from .config import method_stages, stage_kind
+from .config import ORACLE, method_stages, stage_kind
 from .data import read_task_pairs, split_pairs, task_availability
 from .degradations import MRI_TASKS, degrade_test_slices, slice_generator, task_title
 from .train import PriorReference, load_stage
@@ -41,8 +41,10 @@ DEFINITIONS = (
     "Per test volume, as fastMRI's evaluate.py: data range = the ground-truth volume's max; psnr "
     "over the volume (skimage), ssim = mean over its slices (skimage, 7x7), rmse = sqrt(mean((gt - "
     "pred)^2)) / the volume's max. Task value = mean (std: sample std) over the task's test volumes; "
-    "average = mean of the task values that exist. Methods see the LQ image / its own max and the "
-    "task id; DiffCode's sampling noise per slice from (degradation_seed, volume, slice, task).")
+    "average = mean of the task values that exist. Methods see the LQ image / its own max only: the "
+    "codebook of a prior is the one TARS's task classifier predicts from the LQ image (routing "
+    "accuracy = its share of test slices routed to their own task); only the oracle row is given the "
+    "true task id. DiffCode's sampling noise per slice from (degradation_seed, volume, slice, task).")
 
 
 @dataclass
@@ -83,9 +85,16 @@ def file_test_set(task: str, cfg: Mapping) -> EvalSet:
 
 
 class MethodRunner:
-    """A trained method as ``runner(lq [B,1,H,W] / s, task [B], generators) -> [B,1,H,W]``."""
+    """A trained method as ``runner(lq [B,1,H,W] / s, task [B], generators) -> [B,1,H,W]``.
+
+    A prior's codebook is picked by TARS's task classifier from ``lq`` (eq. 8's gate network's
+    logits), never from ``task``; ``task`` is read only by the oracle row and to count
+    :attr:`routed` (per true task: slices seen, slices routed to their own task).
+    """
 
     def __init__(self, method: str, stage_dirs: Mapping[str, Path], device: str = "cpu"):
+        self.oracle = method == ORACLE
+        self.routed: dict[int, list[int]] = {}
         stages = method_stages(method)
         missing = [s for s in stages if s not in stage_dirs]
         if missing:
@@ -106,14 +115,38 @@ class MethodRunner:
             _, retr = loaded[stages[1]]
             self.prior = PriorReference(bank_cfg, bank["vq"], retr["retrieval"])
 
+    def route(self, lq: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
+        """The task whose codebook the prior uses: the classifier's prediction (the true id for
+        the oracle row); counted in :attr:`routed`."""
+        logits, _ = self.net.gating(lq)
+        if logits is None and not self.oracle:
+            raise LdpmInputError("diffcode restorer", "has a prior but no TARS task classifier to "
+                                 "route it", "train the variant with tars: true")
+        chosen = task_idx if self.oracle else logits.argmax(1)
+        for true, got in zip(task_idx.tolist(), chosen.tolist()):
+            seen = self.routed.setdefault(int(true), [0, 0])
+            seen[0] += 1
+            seen[1] += int(true == got)
+        return chosen
+
     @torch.no_grad()
     def __call__(self, lq: torch.Tensor, task_idx: torch.Tensor, generators) -> torch.Tensor:
         if self.kind == "input":
             return lq
         if self.kind != "restore":
             return self.net(lq)
-        ref = self.prior(lq, task_idx, generators) if self.prior is not None else None
+        ref = (self.prior(lq, self.route(lq, task_idx), generators) if self.prior is not None
+               else None)
         return self.net(lq, ref)[0]
+
+    def routing_accuracy(self) -> dict[str, Any] | None:
+        """``{"overall", "per_task": {task: share}}`` of the classifier's routing (None without a
+        prior, or for the oracle row)."""
+        if not self.routed or self.oracle:
+            return None
+        per_task = {self.tasks[t]: ok / n for t, (n, ok) in sorted(self.routed.items())}
+        total = sum(n for n, _ in self.routed.values())
+        return {"overall": sum(ok for _, ok in self.routed.values()) / total, "per_task": per_task}
 
 
 def restore_test_set(runner: MethodRunner, test: EvalSet, seed: int, batch_size: int = 8) -> np.ndarray:
@@ -204,6 +237,7 @@ def evaluate_method(method: str, shards: Sequence[str | Path], stage_dirs: Mappi
     per_volume = pd.concat(frames, ignore_index=True)
     per_volume.insert(0, "method", method)
     summary = summarize(method, cfg.get("name", method), per_volume, cfg)
+    summary["routing_accuracy"] = runner.routing_accuracy()
     with atomic_path(out_csv) as tmp:
         per_volume.to_csv(tmp, index=False)
     write_text_atomic(out_json, json.dumps(summary, indent=2, allow_nan=False) + "\n")
