@@ -131,6 +131,7 @@ def write_cost_table(costs: pd.DataFrame, stem: Path) -> list[Path]:
     shown = costs.assign(name=costs["name"].map(lambda n: METHOD_NAMES.get(n, n)))
     shown = shown.rename(columns={"seconds": "wall s", "seconds_per_slice": "s / slice",
                                   "peak_rss_mb": "peak RSS (MB)"}).round(2)
+    shown = shown.astype(object).where(shown.notna(), None)  # empty cells, not "nan"
     title = "Cost per job: wall time and peak memory (Snakemake benchmark files of this run)"
     note = ("Seconds are summed over a row's jobs (a method's shards, the volumes); s / slice is "
             "a method's reconstruction time over its test slices; peak RSS is the largest job's.")
