@@ -27,14 +27,26 @@ install: $(STAMP)
 report: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --profile workflow/profiles/local --report results/report.html all
 
-# torch and torchvision are pinned in pyproject.toml (the only pair that imports together here).
-$(STAMP): pyproject.toml
+# The runtime (what `make all` and cluster jobs use): this package with the workflow tools, every
+# version from the lock; `pip check` is clean. torch and torchvision are pinned in pyproject.toml
+# (the only pair that imports together here).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[workflow,test]"
-	# tests only: fastMRI's reference E2E-VarNet, without its training stack (Lightning etc.)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fastmri==0.3.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e ".[workflow]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
+
+# The tests add pytest and fastMRI's reference code (its E2E-VarNet and metrics, without its
+# training stack: Lightning etc.), which the runtime does not install.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e ".[workflow,test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fastmri==0.3.0
+	touch $@
+
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip compile pyproject.toml --extra workflow --extra test --universal --quiet \
+	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --python $(BIN)/python -o $(LOCK)
 
 clean-results:
 	rm -rf results .snakemake
