@@ -33,13 +33,15 @@ CLOCKED_REPORT = {"cost", "quality_time"}
 NOT_SHARED = {"logs", "benchmarks", ".gitignore"}  # under results/: what DVC does not track (clocked or per-machine)
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> str:
+def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True,
+        stdout_only: bool = False) -> str:
+    """The command's stdout and stderr (``stdout_only``: its stdout, e.g. JSON)."""
     env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     if check:
         assert proc.returncode == 0, f"{' '.join(cmd)} in {cwd} -> {proc.returncode}\n{out[-6000:]}"
-    return out
+    return proc.stdout if stdout_only else out
 
 
 def find_key(tree, key: str):
@@ -213,7 +215,7 @@ def test_fresh_clone_pulls_and_regenerates_identical_tables_without_training(ori
     # the pulled artefacts were used as they are
     assert "up to date" in run([DVC, "status", "data", "train", "recon", "metrics"], clone)
     # DVC's own views of the run: the methods' metrics and the training curves
-    metrics = json.loads(run([DVC, "metrics", "show", "--json"], clone))
+    metrics = json.loads(run([DVC, "metrics", "show", "--json"], clone, stdout_only=True))
     unet = json.loads((clone / "results" / "metrics" / "unet" / "summary.json").read_text())
     shown = find_key(metrics, "results/metrics/unet/summary.json")
     assert shown["data"]["metrics"]["psnr"]["mean"] == pytest.approx(unet["metrics"]["psnr"]["mean"])
