@@ -237,8 +237,11 @@ def write_report(results: str | Path, with_fig3: bool = True) -> Path:
                   "## PSNR per contrast and field strength",
                   "Table III's brain subsets as bars (mean ± std over the subset's volumes)."
                   "\n\n![subsets](figures/subsets.png)",
-                  "## Cost per job", md("cost"),
-                  "![cost per job](figures/cost.png)\n\n![quality against time](figures/quality_time.png)"]
+                  "## Cost per job",
+                  "Wall time and peak memory of every job, from its Snakemake benchmark file: "
+                  "[tables/cost.md](tables/cost.md) (wall-clock numbers, so they are kept out of "
+                  "this file, which stays byte-identical between runs of the same seed)."
+                  "\n\n![cost per job](figures/cost.png)\n\n![quality against time](figures/quality_time.png)"]
     parts += ["## Training notes", training_notes(results, prov.get("config") or {})]
     hashes = "\n".join(f"| `{p}` | `{h}` |" for key in ("data_sha256", "input_sha256", "weights_sha256")
                        for p, h in sorted((prov.get(key) or {}).items()))
