@@ -233,6 +233,9 @@ def test_fresh_clone_pulls_and_regenerates_identical_tables_without_training(ori
 def test_second_run_with_the_same_seed_gives_identical_checkpoints_and_tables(origin, tmp_path):
     second = tmp_path / "second"
     git("clone", "-q", str(origin), str(second), cwd=tmp_path)
+    # the commit origin's run was made at (before dvc.lock was committed): provenance.json and
+    # report.md record the checkout's commit
+    git("checkout", "-q", "HEAD~1", cwd=second)
     run([SNAKEMAKE, *LOCAL, "all"], second, timeout=1500)  # from scratch: nothing pulled
     ckpts = sorted((origin / "results" / "models").glob("*/final/*"))
     assert any(p.suffix == ".safetensors" for p in ckpts), ckpts

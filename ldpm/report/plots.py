@@ -58,7 +58,7 @@ def plot_per_volume(per_volume: pd.DataFrame, methods: Sequence[str], out_png: P
             sns.boxplot(data=df, x=metric, y="name", order=order, ax=ax, color="0.9",
                         showfliers=False)
             sns.stripplot(data=df, x=metric, y="name", order=order, ax=ax, size=3, hue="name",
-                          hue_order=order, legend=False)
+                          hue_order=order, legend=False, jitter=False)  # no random jitter: same bytes every run
             ax.set(xlabel=f"{label} per test volume", ylabel="")
         fig.tight_layout()
         return save_figure(fig, out_png)
