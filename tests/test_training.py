@@ -256,6 +256,25 @@ def test_ema_update_warms_up_then_keeps_its_decay():
     assert float(ema.weight.detach()) == pytest.approx(0.9 + 0.1 * 0.01)
 
 
+def test_weight_average_off_saves_the_model_itself_and_on_checkpoints_a_copy():
+    """``ema: 0`` keeps no copy (the stage saves its last weights); ``ema > 0`` registers the
+    average in the checkpointed modules and moves it towards the model on every update."""
+    from ldpm.train.loop import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    modules: dict = {"model": model}
+    off = WeightAverage(model, {"ema": 0.0}, modules)
+    off.update(0)
+    assert off.weights is model and "ema" not in modules
+    on = WeightAverage(model, {"ema": 0.99}, modules)
+    assert modules["ema"] is on.weights and on.weights is not model
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = float(on.weights.weight)
+    on.update(0)
+    assert float(on.weights.weight) == pytest.approx(before + 0.9)
+
+
 def test_loop_resumes_after_a_crash_bit_identically(tmp_path):
     def make():
         torch.manual_seed(0)

@@ -91,11 +91,14 @@ def per_volume_all(results: Path, methods: Sequence[str]) -> pd.DataFrame:
         columns=["method", "volume", "anatomy", "contrast", "field_strength", "psnr"])
 
 
-def make_table3(results: str | Path, methods: Sequence[str], paper: Mapping) -> list[Path]:
-    """Table III: PSNR per contrast, field strength and on knee for every Table I method."""
+def make_table3(results: str | Path, methods: Sequence[str], paper: Mapping,
+                per_volume: pd.DataFrame | None = None) -> list[Path]:
+    """Table III: PSNR per contrast, field strength and on knee for every Table I method
+    (``per_volume``: :func:`per_volume_all` of ``methods`` when the caller has read it already)."""
     results = Path(results)
     rows = table1_methods(methods)
-    numeric = subset_table(per_volume_all(results, rows), rows, TABLE3_SUBSETS, "psnr")
+    per_volume = per_volume_all(results, rows) if per_volume is None else per_volume
+    numeric = subset_table(per_volume, rows, TABLE3_SUBSETS, "psnr")
     numeric = add_paper_columns(numeric, paper_table(paper, "table3"), TABLE3_METRICS)
     note = ("PSNR (dB), mean over the subset's test volumes (fastMRI per-volume PSNR); contrast "
             "and field-strength subsets are of the brain test set, knee is out of distribution. "
@@ -153,16 +156,18 @@ def make_training_curves(results: str | Path, stages: Sequence[str]) -> Path:
     return plot_training_curves(logs, results / "figures" / "training_curves.png")
 
 
-def make_plots(results: str | Path, methods: Sequence[str], stages: Sequence[str]) -> list[Path]:
+def make_plots(results: str | Path, methods: Sequence[str], stages: Sequence[str],
+               per_volume: pd.DataFrame | None = None) -> list[Path]:
     """The report's plots and the cost table (:mod:`ldpm.report.plots`): per-volume PSNR/SSIM,
     PSNR per contrast and field strength, cost per job (``tables/cost.*`` and
-    ``figures/cost.*``) and quality against time, from ``metrics/`` and ``benchmarks/``."""
+    ``figures/cost.*``) and quality against time, from ``metrics/`` and ``benchmarks/``
+    (``per_volume``: :func:`per_volume_all` of ``methods`` when the caller has read it already)."""
     from .plots import (cost_table, plot_costs, plot_per_volume, plot_quality_vs_time,
                         plot_subsets, write_cost_table)
 
     results = Path(results)
     figures = results / "figures"
-    per_volume = per_volume_all(results, methods)
+    per_volume = per_volume_all(results, methods) if per_volume is None else per_volume
     summaries = {m: _summary(results, m) for m in methods}
     costs = cost_table(results, methods, stages, {m: int(s.get("n_slices") or 0) for m, s in summaries.items()})
     psnr = {m: s["metrics"]["psnr"]["mean"] for m, s in summaries.items()

@@ -37,8 +37,8 @@ from ..checkpoints import build_baseline, check_baseline_name, load_baseline
 from ..errors import LdpmInputError
 from ..losses import SwinMRLoss, dsm_loss, ssim_loss
 from ..models.score import sde_from_config
-from .loop import (crop_pair, ema_update, make_batch, random_batch, resolve_n_steps, stage_masks,
-                   sync_gradients, train, weight_average)
+from .loop import (WeightAverage, crop_pair, make_batch, random_batch, resolve_n_steps,
+                   stage_masks, sync_gradients, train)
 from .presets import AUGMENT
 from .runtime import Runtime
 
@@ -185,7 +185,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
         model = build_baseline(name, cfg).to(rt.device)
     opt = make_optimizer(cfg, model.parameters())
     modules: dict[str, nn.Module] = {"model": model}
-    ema_decay, ema = weight_average(model, cfg, modules)
+    average = WeightAverage(model, cfg, modules)
     crit = SwinMRLoss(cfg.get("loss")).to(rt.device) if name == "swinmr" else None
     notes = [crit.note] if crit is not None and crit.note else []
     clip = cfg.get("grad_clip")
@@ -208,12 +208,11 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
             sync_gradients(opt, rt)  # clip the averaged gradients, as DistributedDataParallel does
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         opt.step()
-        if ema is not None:
-            ema_update(ema, model, ema_decay, step)
+        average.update(step)
         return out
 
     def save_final(d: Path) -> None:
-        net = ema if ema is not None else model
+        net = average.weights
         (d / "config.json").write_text(json.dumps({"name": name, "config": cfg}, indent=2) + "\n")
         save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()},
                   d / "model.safetensors")
@@ -223,4 +222,4 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
                  runtime=rt)
     if meta["steps_done"] == n_steps:
         return load_baseline(ckpt_dir)[0]
-    return (ema if ema is not None else model).eval()
+    return average.weights.eval()

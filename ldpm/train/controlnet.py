@@ -21,8 +21,8 @@ from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
 from ..seeding import step_generator
 from .denoiser import noisy_latents
-from .loop import (augment_images, crop_pair, ema_update, freeze, make_batch, random_batch,
-                   resolve_n_steps, scheduled_lr, stage_masks, train, weight_average)
+from .loop import (WeightAverage, augment_images, crop_pair, freeze, make_batch, random_batch,
+                   resolve_n_steps, scheduled_lr, stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -130,17 +130,16 @@ def train_controlnet(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_d
     abar = base_alphas_cumprod()
 
     modules = {"controlnet": model.controlnet}
-    ema_decay, ema = weight_average(model.controlnet, cfg, modules)
+    average = WeightAverage(model.controlnet, cfg, modules)
     branch_step = controlnet_step_fn(model, sketcher, vae, images, cfg, opt, abar, seed, rt, n_steps)
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         out = branch_step(step, gen)
-        if ema is not None:
-            ema_update(ema, model.controlnet, ema_decay, step)
+        average.update(step)
         return out
 
     def save_final(d: Path) -> None:
-        save_controlnet(ema if ema is not None else model.controlnet, d)
+        save_controlnet(average.weights, d)
         save_file({"null": model.null_embedding.contiguous()}, d / NULL_EMBEDDING_FILE)
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed,

@@ -18,8 +18,7 @@ from ..checkpoints import load_denoiser
 from ..models import NullContextEps, build_denoiser, null_text_embedding, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
-from .loop import (ema_update, random_batch, resolve_n_steps, scheduled_lr, set_lr, train,
-                   weight_average)
+from .loop import WeightAverage, random_batch, resolve_n_steps, scheduled_lr, set_lr, train
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 from .vae import normalised_images
@@ -69,7 +68,7 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
         torch.manual_seed(seed)
         unet = build_denoiser(cfg.get("model")).to(rt.device)
     modules = {"unet": unet}
-    ema_decay, ema = weight_average(unet, cfg, modules)
+    average = WeightAverage(unet, cfg, modules)
     null = null_text_embedding(unet).to(rt.device)
     eps_model = NullContextEps(unet, null)
     abar = base_alphas_cumprod()
@@ -83,16 +82,15 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if ema is not None:
-            ema_update(ema, unet, ema_decay, step)
+        average.update(step)
         return {"loss": loss.item()}
 
     def save_final(d: Path) -> None:
-        (ema if ema is not None else unet).save_pretrained(d, safe_serialization=True)
+        average.weights.save_pretrained(d, safe_serialization=True)
         save_file({"null": null.contiguous()}, d / NULL_EMBEDDING_FILE)
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
                  int(cfg["ckpt_every"]), log, STAGE, cfg, stop_after=stop_after, runtime=rt,
                  meta_extra=lambda: {"vae_scaling_factor": float(vae.config.scaling_factor),
                                      "latent_std": float(latents.std())})
-    return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else ((ema if ema is not None else unet).eval(), null)
+    return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else (average.weights.eval(), null)

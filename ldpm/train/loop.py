@@ -210,18 +210,28 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         pe.lerp_(pm, 1.0 - d)
 
 
-def weight_average(model: nn.Module, cfg: Mapping[str, Any], modules: dict[str, nn.Module]
-                   ) -> tuple[float, nn.Module | None]:
-    """``(decay, ema)`` for a stage's ``ema`` setting: a frozen copy of ``model`` that
-    :func:`ema_update` averages after every step and the stage saves as its final weights,
-    registered in ``modules`` as ``"ema"`` (checkpointed and resumed with the rest); ``(0,
-    None)`` when ``ema`` is 0 or unset. The average's weights depend far less on the
-    floating-point path (thread count, machine) than the last step's."""
-    decay = float(cfg.get("ema") or 0.0)
-    if decay <= 0:
-        return 0.0, None
-    modules["ema"] = ema = copy.deepcopy(model).requires_grad_(False)
-    return decay, ema
+class WeightAverage:
+    """A stage's ``ema`` setting: a frozen copy of ``model`` that :func:`ema_update` averages
+    after every :meth:`update` and the stage saves as its final weights (:attr:`weights`),
+    registered in ``modules`` as ``"ema"`` so it is checkpointed and resumed with the rest. With
+    ``ema`` 0 or unset there is no copy and :attr:`weights` is ``model`` itself. The average's
+    weights depend far less on the floating-point path (thread count, machine) than the last
+    step's."""
+
+    def __init__(self, model: nn.Module, cfg: Mapping[str, Any], modules: dict[str, nn.Module]):
+        self.model, self.decay = model, float(cfg.get("ema") or 0.0)
+        self.average: nn.Module | None = None
+        if self.decay > 0:
+            modules["ema"] = self.average = copy.deepcopy(model).requires_grad_(False)
+
+    def update(self, step: int) -> None:
+        if self.average is not None:
+            ema_update(self.average, self.model, self.decay, step)
+
+    @property
+    def weights(self) -> nn.Module:
+        """The module the stage saves and returns: the average, or the model without one."""
+        return self.average if self.average is not None else self.model
 
 
 def _save_torch_atomic(obj: Any, path: Path) -> None:

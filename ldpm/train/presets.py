@@ -114,7 +114,7 @@ PAPER_CONFIG: dict[str, dict[str, Any]] = {
     },
 }
 
-# the weight average the stage saves as its final weights (ldpm.train.loop.weight_average; 0: the
+# the weight average the stage saves as its final weights (ldpm.train.loop.WeightAverage; 0: the
 # last step's weights)
 for _stage in ("vae_natural", "vae", "denoiser", "controlnet"):
     DEFAULT_CONFIG[_stage].setdefault("ema", 0.0)

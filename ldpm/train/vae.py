@@ -33,8 +33,8 @@ from diffusers import AutoencoderKL
 from ..checkpoints import load_vae
 from ..models import PatchDiscriminator, VGGPerceptual, build_vae, from_vae_output, to_vae_input
 from ..models.vae import VGG_OFF_NOTE
-from .loop import (crop_pair, ema_update, make_batch, random_batch, resolve_n_steps, scheduled_lr,
-                   set_lr, stage_masks, train, weight_average)
+from .loop import (WeightAverage, crop_pair, make_batch, random_batch, resolve_n_steps,
+                   scheduled_lr, set_lr, stage_masks, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime
 
@@ -103,7 +103,7 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
                else build_vae(cfg.get("model"), sd_path)).to(rt.device)
         disc = PatchDiscriminator(3, **(cfg.get("disc") or {})).to(rt.device)
     modules = {"vae": vae, "disc": disc}
-    ema_decay, ema = weight_average(vae, cfg, modules)
+    average = WeightAverage(vae, cfg, modules)
     vgg = VGGPerceptual(vgg_weights).to(rt.device)
     images = images.to(rt.device)
     notes = [] if vgg.enabled else [VGG_OFF_NOTE]
@@ -131,14 +131,13 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        if ema is not None:
-            ema_update(ema, vae, ema_decay, step)
+        average.update(step)
         return {**{k: v.item() for k, v in parts.items()}, "d_loss": d_loss.item()}
 
     fitted: dict[str, float] = {}
 
     def save_final(d: Path) -> None:
-        net = ema if ema is not None else vae
+        net = average.weights
         if cfg.get("fit_scaling_factor") and sd_path is None:
             fitted["scaling_factor"] = 1.0 / latent_std(net, normalised_images(images, cfg, seed))
             net.register_to_config(scaling_factor=fitted["scaling_factor"])
@@ -151,7 +150,7 @@ def train_vae(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str
                                      "init": str(init) if init is not None and sd_path is None else None,
                                      "vgg_weights": str(vgg_weights) if vgg_weights else None,
                                      **fitted})
-    return load_vae(ckpt_dir) if meta["steps_done"] == n_steps else (ema if ema is not None else vae).eval()
+    return load_vae(ckpt_dir) if meta["steps_done"] == n_steps else average.weights.eval()
 
 
 def normalised_images(images: torch.Tensor, cfg: Mapping[str, Any], seed: int) -> torch.Tensor:

@@ -35,7 +35,8 @@ display(Markdown(table1[1].read_text()))'''),
 table2 = build.make_table2(results, method_list, paper)
 display(Markdown(table2[1].read_text()))'''),
     (None, '''# Table III: mean PSNR over each subset's volumes in results/metrics/<method>/per_volume.csv
-table3 = build.make_table3(results, method_list, paper)
+per_volume = build.per_volume_all(results, method_list)
+table3 = build.make_table3(results, method_list, paper, per_volume)
 display(Markdown(table3[1].read_text()))'''),
     (None, '''# Fig. 2: two test slices, ground truth and each method with its error map
 fig2 = build.make_fig2(results, method_list)
@@ -52,7 +53,7 @@ if stage_list:
     display(Image(filename=str(curves)))'''),
     (None, '''# Per-volume scores, PSNR per contrast/field strength, cost per job (Snakemake's benchmark
 # files) and quality against time
-plots = build.make_plots(results, method_list, stage_list)
+plots = build.make_plots(results, method_list, stage_list, per_volume)
 display(Markdown(plots[3].read_text()))
 for fig in plots[:2] + plots[5:]:
     display(Image(filename=str(fig)))'''),
