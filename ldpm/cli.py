@@ -54,6 +54,16 @@ def embedded(a: argparse.Namespace) -> None:
 
 
 @command
+def embedded_ood(a: argparse.Namespace) -> None:
+    """Write the embedded default's out-of-distribution set (dipy's real scans) as fastMRI files."""
+    from .data.ood import build_ood
+
+    paths = build_ood(a.out_dir, a.embedded, crop_size=a.crop_size,
+                      drop_last_slices=a.drop_last_slices, seed=a.seed)
+    log.info("wrote %d out-of-distribution volumes to %s", len(paths), a.out_dir)
+
+
+@command
 def preprocess(a: argparse.Namespace) -> None:
     """One fastMRI volume -> its RSS slice store (last slices dropped, center-cropped)."""
     from .data.store import preprocess_volume
@@ -139,7 +149,8 @@ def evaluate(a: argparse.Namespace) -> None:
 
     evaluate_method(a.recon, a.data, a.manifest, a.out_dir, a.method,
                     lpips_backbone=a.lpips_backbone, inception_weights=a.inception_weights,
-                    kid_subset_size=a.kid_subset_size, reference=a.reference_features)
+                    kid_subset_size=a.kid_subset_size, reference=a.reference_features,
+                    perceptual=not a.pixel_only)
 
 
 @command
@@ -205,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-last-slices", type=config_arg("data.drop_last_slices"), required=True)
     s.add_argument("--seed", type=int, required=True)
 
+    s = sub.add_parser("embedded-ood", help=embedded_ood.__doc__)
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--embedded", type=_json, required=True, help="the config's `embedded` block as JSON")
+    s.add_argument("--crop-size", type=config_arg("data.crop_size"), required=True)
+    s.add_argument("--drop-last-slices", type=config_arg("data.drop_last_slices"), required=True)
+    s.add_argument("--seed", type=int, required=True)
+
     s = sub.add_parser("preprocess", help=preprocess.__doc__)
     s.add_argument("--input", type=Path, required=True)
     s.add_argument("--output", type=Path, required=True)
@@ -216,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", type=Path, required=True)
     s.add_argument("--split-fractions", type=split_fractions_arg, required=True)
     s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--split", choices=["subjects", "folders"], default="subjects",
-                   help="by subject (seeded), or fastMRI's *_train / *_val folders (data.split)")
+    s.add_argument("--split", choices=["subjects", "folders", "test"], default="subjects",
+                   help="by subject (seeded), or fastMRI's *_train / *_val folders (data.split), "
+                   "or every volume in test (the out-of-distribution set)")
 
     s = sub.add_parser("test-shard", help=test_shard.__doc__)
     s.add_argument("--manifest", type=Path, required=True)
@@ -294,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kid-subset-size", type=config_arg("metrics.kid_subset_size"), default=1000)
     s.add_argument("--reference-features", type=Path, default=None,
                    help="the ground truth's Inception features (ldpm reference-features)")
+    s.add_argument("--pixel-only", action="store_true",
+                   help="PSNR/SSIM/NMSE only; LPIPS, rFID and KID are n/a (the OOD set)")
 
     s = sub.add_parser("reference-features", help=reference_features.__doc__)
     s.add_argument("--data", type=Path, nargs="+", required=True, help="all test shards")

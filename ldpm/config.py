@@ -386,6 +386,13 @@ def check_config_paths(config: Mapping[str, Any], source: str | Path = "config")
     data = config.get("data") or {}
     if data.get("source") == "fastmri" and data.get("fastmri_root"):
         check_fastmri_root(data["fastmri_root"], "data.fastmri_root", source)
+    if data.get("ood_root"):
+        ood = check_fastmri_root(data["ood_root"], "data.ood_root", source)
+        root = data.get("fastmri_root") if data.get("source") == "fastmri" else None
+        if root and {p.resolve() for p in ood} & set(p.resolve() for p in Path(root).rglob("*.h5")):
+            raise LdpmInputError(f"{source}: data.ood_root", f"{data['ood_root']} shares files "
+                                 f"with data.fastmri_root {root}, so out-of-distribution volumes "
+                                 "would be trained on", "point it at a folder outside fastmri_root")
 
 
 # ------------------------------------------------------------------------------------------

@@ -301,11 +301,29 @@ def test_fastmri_root_must_hold_hdf5_files(default, tmp_path):
         check()
 
 
+def test_ood_root_must_hold_hdf5_files_outside_the_training_data(default, tmp_path):
+    root, ood = tmp_path / "fastmri", tmp_path / "knee"
+    _h5(root / "multicoil_train" / "file_brain_AXT1_001.h5")
+
+    def check(ood_root):
+        validate_config(deep_merge(default, {"data": {"source": "fastmri", "fastmri_root": str(root),
+                                                      "ood_root": str(ood_root)}}), "my.yaml")
+
+    with pytest.raises(LdpmInputError, match="my.yaml: data.ood_root: .*knee not found"):
+        check(ood)
+    _h5(ood / "file1000002.h5")
+    check(ood)
+    with pytest.raises(LdpmInputError, match="data.ood_root: .* shares files with data.fastmri_root"):
+        check(root / "multicoil_train")
+
+
 def test_paper_preset_with_its_paths_set_is_valid(tmp_path):
 
     _h5(tmp_path / "fastmri" / "file_brain_AXT1_001.h5")
     (tmp_path / "vgg16.pth").write_bytes(b"w")
-    cfg = load_config(CONFIG_FILE, _paper({"data": {"fastmri_root": str(tmp_path / "fastmri")},
+    _h5(tmp_path / "knee" / "file1000002.h5")
+    cfg = load_config(CONFIG_FILE, _paper({"data": {"fastmri_root": str(tmp_path / "fastmri"),
+                                                    "ood_root": str(tmp_path / "knee")},
                                            "pretrained": {"sd_path": str(_sd_folder(tmp_path / "sd")),
                                                           "vgg16_path": str(tmp_path / "vgg16.pth")}}))
     assert cfg["train"]["preset"] == "paper"

@@ -63,6 +63,16 @@ def test_manifest_split_by_subject_and_stratified(manifest, stores):
         assert per_group[tesla].to_dict() == {"train": 4, "val": 1, "test": 1}
 
 
+def test_ood_manifest_puts_every_volume_in_test_and_trains_on_none(stores, tmp_path):
+    """``split="test"`` (the out-of-distribution set's manifest): every slice is test, so
+    :func:`load_split` gives training and val nothing from it."""
+    from ldpm.data.store import load_split
+
+    df = build_manifest(stores[:3], tmp_path / "ood.csv", FRACTIONS, seed=0, split="test")
+    assert set(df["split"]) == {"test"} and len(df) == 2 * 3
+    assert all(len(load_split(tmp_path / "ood.csv", split)[1]) == 0 for split in ("train", "val"))
+
+
 def test_manifest_is_deterministic(manifest, stores, tmp_path):
     again = tmp_path / "again.csv"
     build_manifest(list(reversed(stores)), again, FRACTIONS, seed=0)

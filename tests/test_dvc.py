@@ -105,10 +105,11 @@ def test_dvc_params_metrics_and_plots_name_the_configs_keys_methods_and_stages()
 
 #: the rules whose outputs each DVC stage owns, in pipeline order (every rule has one owner)
 STAGE_RULES = {
-    "data": {"embedded_subject", "preprocess", "manifest", "test_shard"},
+    "data": {"embedded_subject", "preprocess", "manifest", "test_shard",
+             "embedded_ood", "preprocess_ood", "ood_manifest", "ood_shard"},
     "train": {"train", "train_baseline", "train_controlnet", "diffcode_train"},
-    "recon": {"reconstruct", "vae_recon"},
-    "metrics": {"reference_features", "evaluate", "evaluate_vae", "diffcode_evaluate"},
+    "recon": {"reconstruct", "reconstruct_ood", "vae_recon"},
+    "metrics": {"reference_features", "evaluate", "evaluate_ood", "evaluate_vae", "diffcode_evaluate"},
     "report": {"report", "lora_table", "diffcode_report", "provenance", "all"},
 }
 #: tuning on the val split (docs/tuning.md): not a shared artefact, so no DVC stage owns it

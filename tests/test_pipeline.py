@@ -75,6 +75,18 @@ def test_whole_dag_on_tiny_config(tmp_path):
     assert prov["data_sha256"] and prov["git_commit"]
     assert (res / "figures" / "training_curves.png").stat().st_size > 1000
     assert "sketcher_only" in pd.read_csv(res / "tables" / "table2.csv")["method"].tolist()
+    # Table III's OOD column: the embedded default's dipy scans, scored apart and never trained on
+    t3 = pd.read_csv(res / "tables" / "table3.csv").set_index("method")
+    ood_manifest = pd.read_csv(res / "data" / "ood" / "manifest.csv")
+    assert set(ood_manifest["split"]) == {"test"}
+    assert not set(ood_manifest["volume"]) & set(pd.read_csv(res / "data" / "manifest.csv")["volume"])
+    for method in t3.index:
+        ood = pd.read_csv(res / "metrics" / method / "ood" / "per_volume.csv")
+        assert set(ood["volume"]) == set(ood_manifest["volume"])
+        assert t3.loc[method, "ood"] == pytest.approx(ood["psnr"].mean(), rel=1e-12)
+        summary = json.loads((res / "metrics" / method / "ood" / "summary.json").read_text())
+        assert summary["metrics"]["rfid"] == {"value": None, "reason": "not computed for this set (pixel metrics only)"}
+    assert "OOD (brain B0EPI, T1COR)" in (res / "tables" / "table3.md").read_text()
     # tuning reads the val split through the same methods, never the test split
     val = run_snakemake(workdir, "results/val/ldpm/summary.json", "results/val/zero_filled/summary.json")
     assert val.returncode == 0, val.stdout[-3000:] + val.stderr[-3000:]
@@ -111,6 +123,34 @@ def test_whole_dag_on_tiny_config(tmp_path):
         assert name in page, name
     assert "Undefined substitution" not in html.stderr
     assert [*tmp_path.rglob("PWNED"), *REPO.rglob("PWNED")] == []
+
+
+def test_ood_set_comes_from_data_ood_root_or_the_embedded_scans_or_is_off(tmp_path):
+    """The OOD set is preprocessed, sharded, reconstructed and scored by each Table I method:
+    from data.ood_root when set (no embedded OOD build), from dipy's scans for the embedded data,
+    or not at all with embedded.ood false."""
+    from conftest import TINY_TWO_METHODS, job_stats, write_fastmri_file
+
+    knee = tmp_path / "knee multicoil_val"
+    knee.mkdir()
+    for name in ("file1000002.h5", "file1000005.h5"):
+        write_fastmri_file(knee / name, acquisition="CORPD_FBK", shape=(128, 64))
+    plans = {}
+    for label, extra in (("root", {"data": {**TINY_TWO_METHODS["data"], "ood_root": str(knee)}}),
+                         ("embedded", {}), ("off", {"embedded": {**TINY_TWO_METHODS["embedded"], "ood": False}})):
+        work = tmp_path / label
+        work.mkdir()
+        proc = run_snakemake(work, "-n", "all", config={**TINY_TWO_METHODS, **extra})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        plans[label] = job_stats(proc.stdout + proc.stderr)
+    assert plans["root"]["preprocess_ood"] == 2 and "embedded_ood" not in plans["root"]
+    assert plans["embedded"]["embedded_ood"] == 1 and plans["embedded"]["preprocess_ood"] == 2
+    for label in ("root", "embedded"):
+        assert plans[label]["ood_manifest"] == plans[label]["ood_shard"] == 1
+        assert plans[label]["reconstruct_ood"] == plans[label]["evaluate_ood"] == 2  # zero_filled, unet
+    assert not {r for r in plans["off"] if "ood" in r}
+    # the training data's manifest never reads an OOD store
+    assert plans["root"]["preprocess"] == plans["off"]["preprocess"]
 
 
 def test_bad_config_key_stops_the_dag_with_one_clear_message(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ldpm.report.paper import load_paper_values, paper_table
-from ldpm.report.tables import TABLE3_SUBSETS, display_table, subset_table
+from ldpm.report.tables import NO_OOD, TABLE3_SUBSETS, display_table, subset_table
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper_values.yaml"
@@ -149,12 +149,12 @@ def test_table3_values_are_per_volume_means_and_empty_subsets_say_why(executed):
         for key, sel in expect.items():
             assert t3.loc[method, key] == pytest.approx(pv.loc[sel, "psnr"].mean(), rel=1e-12)
             assert t3.loc[method, f"{key}_n"] == sel.sum()
-        for key in ("T1PRE", "T1POST", "knee"):
+        for key in ("T1PRE", "T1POST", "ood"):
             assert pd.isna(t3.loc[method, key]) and t3.loc[method, f"{key}_n"] == 0
-        assert t3.loc[method, "knee_na"] == "no knee volumes in this test set"
+        assert t3.loc[method, "ood_na"] == NO_OOD  # this run scored no out-of-distribution set
         assert t3.loc[method, "T1PRE_na"] == "no T1PRE brain volumes in this test set"
     md = (res / "tables" / "table3.md").read_text()
-    assert "fastMRI knee (OOD) (all methods): n/a: no knee volumes in this test set" in md
+    assert f"OOD (all methods): n/a: {NO_OOD}" in md
     assert "T1PRE (all methods): n/a: no T1PRE brain volumes in this test set" in md
 
 
@@ -163,7 +163,7 @@ def test_paper_columns_hold_only_the_papers_values(executed):
     paper = load_paper_values(PAPER)
     for table, name, keys in (("table1", "table1", ("psnr", "ssim", "nmse", "lpips", "rfid", "kid")),
                               ("table2", "table2", ("psnr", "ssim")),
-                              ("table3", "table3", [k for k, *_ in TABLE3_SUBSETS])):
+                              ("table3", "table3", [k for k, *_ in TABLE3_SUBSETS] + ["ood"])):
         df = pd.read_csv(res / "tables" / f"{table}.csv").set_index("method")
         published = paper_table(paper, name)
         for method in df.index:
@@ -194,8 +194,8 @@ def test_paper_file_matches_the_paper_text():
     assert t1["zero_filled"]["rfid"] == 265.0842 and t1["score_mri"]["kid"] == 0.0025
     assert t2["ldpm_wo_mrvae"] == {"psnr": 26.2837, "ssim": 0.7166} and t2["ldpm"] == {k: t1["ldpm"][k]
                                                                                        for k in ("psnr", "ssim")}
-    assert t3["unet"]["knee"] == 13.6225 and t3["score_mri"]["knee"] == 22.242 and t3["ldpm"]["1.5T"] == 30.1087
-    assert set(t3["ldpm"]) == {k for k, *_ in TABLE3_SUBSETS}
+    assert t3["unet"]["ood"] == 13.6225 and t3["score_mri"]["ood"] == 22.242 and t3["ldpm"]["1.5T"] == 30.1087
+    assert set(t3["ldpm"]) == {k for k, *_ in TABLE3_SUBSETS} | {"ood"}
     assert set(t1) == {"zero_filled", "unet", "varnet", "swinmr", "score_mri", "ldpm"}
     # every value sits on the paper-text line it cites (the lines vendored in tests/data)
     lines = dict(line.split("\t", 1) for line in PAPER_LINES.read_text().splitlines()
@@ -229,13 +229,13 @@ def test_subset_table_and_na_footnotes_unit():
         {"method": "b", "volume": "v1", "anatomy": "brain", "contrast": "T1", "field_strength": 1.494, "psnr": 28.0},
     ])
     t = subset_table(pv, ["a", "b"]).set_index("method")
-    assert t.loc["a", "T1"] == 30.0 and t.loc["a", "1.5T"] == 30.0 and t.loc["a", "knee"] == 20.0
+    assert t.loc["a", "T1"] == 30.0 and t.loc["a", "1.5T"] == 30.0
     assert pd.isna(t.loc["a", "3T"])  # the 3 T volume is a knee: not in the brain subsets
-    assert pd.isna(t.loc["b", "knee"]) and t.loc["b", "knee_na"] == "no knee volumes in this test set"
+    assert pd.isna(t.loc["b", "3T"]) and t.loc["b", "3T_na"] == "no 3 T brain volumes in this test set"
     from ldpm.report.tables import TABLE3_METRICS
-    shown, notes = display_table(t.reset_index(), TABLE3_METRICS, show_std=False)
-    assert shown.loc[1, "fastMRI knee (OOD)"] == "n/a" and shown.loc[0, "fastMRI knee (OOD)"] == "20.00"
-    assert any(n == "fastMRI knee (OOD) (b): n/a: no knee volumes in this test set" for n in notes)
+    shown, notes = display_table(t.reset_index(), TABLE3_METRICS[:-1], show_std=False)
+    assert shown.loc[1, "3 T"] == "n/a"
+    assert any(n == "3 T (all methods): n/a: no 3 T brain volumes in this test set" for n in notes)
     assert shown.loc[0, "T1"] == "**30.00**" and shown.loc[1, "T1"] == "_28.00_"
     from ldpm.report.tables import _rank_marks
     assert _rank_marks(pd.Series([1.0, 2.0, 2.0, 0.5]), True) == {1: "best", 2: "best"}  # a tie shares best
@@ -369,3 +369,31 @@ def test_cost_table_sums_each_methods_benchmark_files(tmp_path):
     assert costs.loc[("train", "vae"), "seconds"] == pytest.approx(7.5)
     assert costs.loc[("preprocess", "all volumes"), "seconds"] == pytest.approx(3.0)
     assert ("reconstruct", "unet") not in costs.index and ("train", "sketcher") not in costs.index
+
+
+def test_table3_ood_column_is_the_ood_sets_mean_and_says_what_the_set_is(tmp_path):
+    """``make_table3(with_ood=True)``: the OOD column is the mean PSNR over every volume of
+    ``metrics/<method>/ood/per_volume.csv`` (none of them in the brain subsets), titled by the
+    set's anatomy and contrasts; the paper's knee value sits in its "(paper)" column."""
+    from ldpm.report.build import make_table3
+    from ldpm.report.paper import load_paper_values
+
+    res = tmp_path / "results"
+    for method, base in (("zero_filled", 18.0), ("unet", 15.0)):
+        for sub, rows in (("", [("v1", "brain", "T1", 1.5, base + 10)]),
+                          ("ood", [("k1", "knee", "PD", 3.0, base), ("k2", "knee", "PDFS", 1.5, base + 2)])):
+            d = res / "metrics" / method / sub
+            d.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame([{"method": method, "volume": v, "subject": v, "anatomy": a, "contrast": c,
+                           "field_strength": f, "n_slices": 1, "psnr": x, "ssim": 0.5, "nmse": 0.1}
+                          for v, a, c, f, x in rows]).to_csv(d / "per_volume.csv", index=False)
+    csv, md = make_table3(res, ["zero_filled", "unet"], load_paper_values(PAPER), with_ood=True)[:2]
+    t3 = pd.read_csv(csv).set_index("method")
+    assert t3.loc["zero_filled", "ood"] == 19.0 and t3.loc["unet", "ood"] == 16.0
+    assert (t3["ood_n"] == 2).all() and t3.loc["unet", "ood_paper"] == 13.6225
+    assert t3.loc["unet", "T1"] == 25.0 and t3.loc["unet", "1.5T"] == 25.0  # the OOD volumes are apart
+    assert "OOD (knee PD, PDFS)" in md.read_text()
+    (res / "metrics" / "ldpm").mkdir()
+    (res / "metrics" / "unet" / "per_volume.csv").rename(res / "metrics" / "ldpm" / "per_volume.csv")
+    with pytest.raises(Exception, match="ldpm/ood/per_volume.csv: .*run the evaluate_ood step for ldpm"):
+        make_table3(res, ["zero_filled", "ldpm"], load_paper_values(PAPER), with_ood=True)

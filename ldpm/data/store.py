@@ -139,8 +139,9 @@ def split_subjects(subject_groups: Mapping[str, Any], fractions: Mapping[str, fl
     return assignment
 
 
-#: ``data.split``: by subject over all volumes, or fastMRI's own folders
-SPLIT_MODES = ("subjects", "folders")
+#: ``data.split``: by subject over all volumes, or fastMRI's own folders; ``test``: every volume
+#: in the test split (the out-of-distribution set, which nothing trains or tunes on)
+SPLIT_MODES = ("subjects", "folders", "test")
 
 
 def folder_split(df: pd.DataFrame, split_fractions: Mapping[str, float], seed: int,
@@ -180,7 +181,8 @@ def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
                    split_fractions: Mapping[str, float], seed: int,
                    split: str = "subjects") -> pd.DataFrame:
     """One row per slice of every store, split by subject (seeded, stratified by field strength),
-    or (``split="folders"``) by fastMRI's folders, :func:`folder_split`.
+    or (``split="folders"``) by fastMRI's folders, :func:`folder_split`, or (``split="test"``)
+    all in the test split.
 
     Rows are sorted by (volume, slice), so the same stores and seed give the same CSV. The
     ``store`` column is relative to the folder of ``out_csv``.
@@ -199,6 +201,8 @@ def build_manifest(store_paths: Sequence[str | Path], out_csv: str | Path,
                              "keep one store per volume (volume names must be unique)")
     if split == "folders":
         df["split"] = folder_split(df, split_fractions, seed, out_csv)
+    elif split == "test":
+        df["split"] = "test"
     else:
         df["split"] = df["subject"].map(split_subjects(_subject_groups(df), split_fractions, seed))
     df = df[MANIFEST_COLUMNS].reset_index(drop=True)

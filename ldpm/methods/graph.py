@@ -17,6 +17,8 @@ from typing import Any, Mapping
 LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
 #: Table II's "Sketcher only" row: the condition c = |DC[R(x_u), k_u, M]| itself (eq. 2-3)
 SKETCHER_ONLY = "sketcher_only"
+#: Table II's rows besides LDPM, in the paper's order; every other configured method is a Table I row
+ABLATIONS = (SKETCHER_ONLY, "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
 #: the trained baselines of Table I (one training stage and one method each)
 BASELINES = ("unet", "varnet", "swinmr", "score_mri")
 #: methods that read the raw multicoil k-space of each test slice (``options["manifest"]``
@@ -42,6 +44,14 @@ STEP_BASES = ("ldpm", *LORA_METHODS)
 #: LDPM's training stages in DAG order (``vae_natural`` and ``denoiser`` only without SD weights)
 LDPM_STAGES = ("sketcher", "vae_natural", "vae", "denoiser", "controlnet")
 STAGES = LDPM_STAGES + BASELINES + LORA_STAGES
+
+
+
+def table1_methods(methods) -> list[str]:
+    """Table I's rows: every configured method except LDPM's ablations, in config order (also
+    the methods that reconstruct the out-of-distribution set for Table III)."""
+    return [m for m in methods if m not in ABLATIONS]
+
 
 _STEPS = re.compile(r"^(?P<base>.+)_s(?P<steps>[1-9][0-9]*)$")
 

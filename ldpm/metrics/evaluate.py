@@ -153,11 +153,12 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
                     lpips_backbone: str | os.PathLike | None = None,
                     inception_weights: str | os.PathLike | None = None, kid_subset_size: int = 1000,
                     device: str = "cpu", batch_size: int = 16,
-                    reference: str | os.PathLike | None = None) -> dict:
+                    reference: str | os.PathLike | None = None, perceptual: bool = True) -> dict:
     """Score ``method``'s reconstructions; write per_volume.csv, per_slice.csv, summary.json; return the summary.
 
     ``reference``: the ground truth's Inception features from :func:`reference_features` (the
-    same for every method, computed once); without it they are computed here.
+    same for every method, computed once); without it they are computed here. ``perceptual``
+    false: PSNR/SSIM/NMSE only (LPIPS, rFID and KID are n/a with the reason).
 
     summary.json: ``{"method", "n_volumes", "n_slices", "metrics": {psnr|ssim|nmse: {mean, std, value,
     reason}, lpips: {value, std, reason}, rfid: {value, reason}, kid: {value, std, subset_size, reason}},
@@ -192,8 +193,11 @@ def evaluate_method(shard_recon_paths: Sequence[str | os.PathLike], shard_data_p
     per_volume = pd.DataFrame(vol_rows, columns=["method", "volume", *VOLUME_META, "n_slices", *PIXEL_METRICS])
     per_slice = pd.DataFrame(slice_rows, columns=["method", "volume", "slice", *PIXEL_METRICS])
 
-    lp = lpips_score(gt_all, pred_all, lpips_backbone, batch_size, device)
-    gt_feats, reason = (None, None) if reference is None else read_reference_features(reference, gt_all)
+    skipped = None if perceptual else "not computed for this set (pixel metrics only)"
+    lp = lpips_score(gt_all, pred_all, lpips_backbone, batch_size, device) if perceptual else \
+        MetricValue(None, skipped)
+    gt_feats, reason = (None, skipped) if reference is None or not perceptual else \
+        read_reference_features(reference, gt_all)
     if reason is not None:
         fid, kid = (MetricValue(None, reason), MetricValue(None, reason))
     else:

@@ -29,9 +29,10 @@ from ..io import write_text_atomic
 from .figures import (pick_examples, plot_examples, plot_training_curves, plot_vae_comparison,
                       read_keys)
 from .paper import paper_note, paper_table
-from .tables import (TABLE1_METRICS, TABLE2_METRICS, TABLE3_METRICS, TABLE3_SUBSETS, VAE_METRICS,
-                     add_paper_columns, load_summary, metrics_long, numeric_table, subset_table,
-                     table1_methods, table2_methods, write_table)
+from ..methods.graph import table1_methods
+from .tables import (NO_OOD, OOD_SUBSET, TABLE1_METRICS, TABLE2_METRICS, TABLE3_METRICS, TABLE3_SUBSETS,
+                     VAE_METRICS, add_paper_columns, load_summary, metrics_long, numeric_table,
+                     ood_title, subset_table, table2_methods, write_table)
 
 #: Fig. 3's VAEs in the paper's column order (SD-VAE first, MR-VAE second).
 FIG3_VAES = ("untuned", "mr")
@@ -79,12 +80,15 @@ def make_table2(results: str | Path, methods: Sequence[str], paper: Mapping) -> 
                        note=note, paper_note=paper_note(paper, "table2"))
 
 
-def per_volume_all(results: Path, methods: Sequence[str]) -> pd.DataFrame:
+def per_volume_all(results: Path, methods: Sequence[str], subset: str = "") -> pd.DataFrame:
+    """Every method's ``metrics/<method>/[<subset>/]per_volume.csv`` rows in one frame
+    (``subset="ood"``: the out-of-distribution set's)."""
     frames = []
     for m in methods:
-        path = results / "metrics" / m / "per_volume.csv"
+        path = results / "metrics" / m / subset / "per_volume.csv"
         if not path.is_file():
-            raise LdpmInputError(path, "no per-volume metrics for this method", f"run the evaluate step for {m}")
+            step = f"evaluate_{subset}" if subset else "evaluate"
+            raise LdpmInputError(path, "no per-volume metrics for this method", f"run the {step} step for {m}")
         frames.append(pd.read_csv(path, dtype={"volume": str, "subject": str, "contrast": str,
                                                "anatomy": str}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -92,20 +96,30 @@ def per_volume_all(results: Path, methods: Sequence[str]) -> pd.DataFrame:
 
 
 def make_table3(results: str | Path, methods: Sequence[str], paper: Mapping,
-                per_volume: pd.DataFrame | None = None) -> list[Path]:
-    """Table III: PSNR per contrast, field strength and on knee for every Table I method
+                per_volume: pd.DataFrame | None = None, with_ood: bool = False) -> list[Path]:
+    """Table III: PSNR per contrast and field strength of the brain test set, and on the
+    out-of-distribution set (``with_ood``: ``metrics/<method>/ood/``), for every Table I method
     (``per_volume``: :func:`per_volume_all` of ``methods`` when the caller has read it already)."""
     results = Path(results)
     rows = table1_methods(methods)
     per_volume = per_volume_all(results, rows) if per_volume is None else per_volume
-    numeric = subset_table(per_volume, rows, TABLE3_SUBSETS, "psnr")
-    numeric = add_paper_columns(numeric, paper_table(paper, "table3"), TABLE3_METRICS)
-    note = ("PSNR (dB), mean over the subset's test volumes (fastMRI per-volume PSNR); contrast "
-            "and field-strength subsets are of the brain test set, knee is out of distribution. "
+    ood_volumes = per_volume_all(results, rows, "ood") if with_ood else None
+    brain = subset_table(per_volume, rows, TABLE3_SUBSETS, "psnr")
+    if ood_volumes is not None:
+        ood = subset_table(ood_volumes, rows, [OOD_SUBSET], "psnr")
+    else:
+        ood = pd.DataFrame({"method": rows, "ood": None, "ood_std": None, "ood_n": 0, "ood_na": NO_OOD})
+    numeric = brain.merge(ood, on="method", how="left", sort=False)
+    metrics = [*TABLE3_METRICS[:-1], ("ood", ood_title(ood_volumes), True, 2)]
+    numeric = add_paper_columns(numeric, paper_table(paper, "table3"), metrics)
+    note = ("PSNR (dB), mean over the subset's volumes (fastMRI per-volume PSNR); contrast and "
+            "field-strength subsets are of the brain test set. OOD: the out-of-distribution set "
+            "(data.ood_root, or dipy's real scans for the embedded data), reconstructed with the "
+            "same seeded masks and never trained or tuned on; the paper's is fastMRI knee. "
             "The CSV also has each subset's std and number of volumes (`_n`).")
     return write_table(numeric, results / "tables" / "table3",
                        "Table III: PSNR across contrasts, field strengths and on out-of-distribution data",
-                       TABLE3_METRICS, show_std=False, note=note, paper_note=paper_note(paper, "table3"))
+                       metrics, show_std=False, note=note, paper_note=paper_note(paper, "table3"))
 
 
 def make_fig2(results: str | Path, methods: Sequence[str], n_examples: int = 2) -> Path:

@@ -17,6 +17,7 @@ results_dir = "results"
 methods = "zero_filled"              # config `methods`, comma-separated
 paper_values = "config/paper_values.yaml"
 with_fig3 = 1                        # 0 when no configured method trains the MR-VAE
+with_ood = 0                         # 1 when the run scored an out-of-distribution set
 stages = ""                          # the training stages of those methods, comma-separated'''),
     (None, '''from pathlib import Path
 
@@ -34,9 +35,10 @@ display(Markdown(table1[1].read_text()))'''),
     (None, '''# Table II: LDPM and its ablations
 table2 = build.make_table2(results, method_list, paper)
 display(Markdown(table2[1].read_text()))'''),
-    (None, '''# Table III: mean PSNR over each subset's volumes in results/metrics/<method>/per_volume.csv
+    (None, '''# Table III: mean PSNR over each subset's volumes in results/metrics/<method>/per_volume.csv,
+# and over the out-of-distribution set's in results/metrics/<method>/ood/per_volume.csv
 per_volume = build.per_volume_all(results, method_list)
-table3 = build.make_table3(results, method_list, paper, per_volume)
+table3 = build.make_table3(results, method_list, paper, per_volume, with_ood=bool(with_ood))
 display(Markdown(table3[1].read_text()))'''),
     (None, '''# Fig. 2: two test slices, ground truth and each method with its error map
 fig2 = build.make_fig2(results, method_list)

@@ -5,9 +5,10 @@
 # shell words already, plain `{params.x}`. Paths and config strings may hold spaces, quotes or $(...).
 import json
 import shlex
+import sys
 
 from ldpm.methods import BASELINES, MULTICOIL_METHODS, method_options, method_stages, stage_dependencies
-from ldpm.methods.graph import study_methods
+from ldpm.methods.graph import study_methods, table1_methods
 
 # `config` was validated by the Snakefile (ldpm.config.validate_config) before this file.
 
@@ -45,6 +46,35 @@ def _volumes():
 RAW = _volumes()
 VOLUMES = sorted(RAW)
 
+# The out-of-distribution set (Table III's OOD column): reconstructed and scored by every Table I
+# method, with its own manifest and masks, and never read by training or val. From
+# data.ood_root, or for the embedded data dipy's real scans (embedded.ood).
+OOD = f"{DATA}/ood"
+
+
+def _ood_volumes():
+    """OOD volume stems and where each raw multicoil HDF5 comes from ({} when there is none)."""
+    if config["data"].get("ood_root"):
+        from ldpm.data.fastmri import list_volumes
+
+        return {p.stem: str(p) for p in list_volumes(config["data"]["ood_root"])}
+    if config["data"]["source"] == "embedded" and config["embedded"].get("ood"):
+        from ldpm.data.ood import VOLUMES as DIPY_VOLUMES
+
+        return {name: f"{OOD}/raw/{name}.h5" for name in DIPY_VOLUMES}
+    return {}
+
+
+OOD_RAW = _ood_volumes()
+OOD_VOLUMES = sorted(OOD_RAW)
+# Table III's methods reconstruct it (not LDPM's ablations)
+OOD_METHODS = table1_methods(METHODS) if OOD_VOLUMES else []
+if set(OOD_VOLUMES) & set(VOLUMES):
+    print(LdpmInputError("config: data.ood_root", f"volume {sorted(set(OOD_VOLUMES) & set(VOLUMES))[0]} "
+                         "has the name of a volume of the training data",
+                         "keep only out-of-distribution files under data.ood_root"), file=sys.stderr)
+    sys.exit(2)
+
 
 def quoted(value) -> str:
     """str(value) as one shell word; an empty value becomes '' (Snakemake's {x:q} drops it)."""
@@ -61,12 +91,20 @@ def named_args(flag, pairs) -> str:
     return " ".join(f"{flag} {quoted(f'{name}={path}')}" for name, path in pairs)
 
 
-def multicoil_inputs(method):
+def multicoil_inputs(method, manifest=f"{DATA}/manifest.csv"):
     """What a multicoil method's reconstruct job reads besides its shard: the manifest (which
     leads to the raw files) and the configured weights."""
     if method not in MULTICOIL_METHODS:
         return []
-    return [f"{DATA}/manifest.csv", config["inference"][method]["checkpoint"]]
+    return [manifest, config["inference"][method]["checkpoint"]]
+
+
+def recon_options(method, manifest=f"{DATA}/manifest.csv"):
+    """``ldpm reconstruct --options`` of ``method``: its config options, the SD folder, and for
+    a multicoil method the manifest that leads to the raw files."""
+    return as_json({**method_options(method, config["inference"]),
+                    "sd_path": config["pretrained"].get("sd_path"),
+                    **({"manifest": manifest} if method in MULTICOIL_METHODS else {})})
 
 
 def raw_input(wildcards):
@@ -74,6 +112,13 @@ def raw_input(wildcards):
     if config["data"]["source"] == "embedded":
         return str(Path(RAW[wildcards.volume]).parent)
     return RAW[wildcards.volume]
+
+
+def ood_raw_input(wildcards):
+    """The same for an OOD volume: dipy's scans' folder, or the file under data.ood_root."""
+    if config["data"].get("ood_root"):
+        return OOD_RAW[wildcards.volume]
+    return f"{OOD}/raw"
 
 
 def reported(path, caption, category, subcategory=None, **labels):

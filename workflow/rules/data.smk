@@ -88,3 +88,81 @@ rule test_shard:
         "python -m ldpm.cli test-shard --manifest {input:q} --shard {wildcards.shard:q} --n-shards {params.n:q}"
         " --output {output:q} --acceleration {params.acc:q} --center-fraction {params.cf:q}"
         " --mask-seed {params.seed:q} > {log:q} 2>&1"
+
+
+# The out-of-distribution set: the same preprocessing, its own manifest (every volume in "test")
+# and its own seeded masks, in results/data/ood/. Nothing that trains or tunes reads it.
+if OOD_VOLUMES:
+
+    if not config["data"].get("ood_root"):
+
+        rule embedded_ood:
+            """The embedded data's OOD set: dipy's real T1 slice and b0 EPI volume as fastMRI files."""
+            output:
+                directory(f"{OOD}/raw"),
+            params:
+                embedded=as_json(config["embedded"]),
+                crop=config["data"]["crop_size"],
+                drop=config["data"]["drop_last_slices"],
+                seed=config["seed"],
+            log:
+                "results/logs/embedded_ood.log",
+            conda:
+                ENV
+            resources:
+                mem_mb=2000,
+                runtime=10,
+            shell:
+                "python -m ldpm.cli embedded-ood --out-dir {output:q} --embedded {params.embedded}"
+                " --crop-size {params.crop:q} --drop-last-slices {params.drop:q} --seed {params.seed:q}"
+                " > {log:q} 2>&1"
+
+    use rule preprocess as preprocess_ood with:
+        input:
+            ood_raw_input,
+        output:
+            f"{OOD}/slices/{{volume}}.h5",
+        params:
+            h5=lambda wc: OOD_RAW[wc.volume],
+            crop=config["data"]["crop_size"],
+            drop=config["data"]["drop_last_slices"],
+        log:
+            "results/logs/preprocess_ood/{volume}.log",
+        benchmark:
+            "results/benchmarks/preprocess/ood_{volume}.tsv"
+
+    rule ood_manifest:
+        """The OOD volumes' slices in one table, all in the test split."""
+        input:
+            expand(f"{OOD}/slices/{{volume}}.h5", volume=OOD_VOLUMES),
+        output:
+            f"{OOD}/manifest.csv",
+        params:
+            fractions=as_json(config["data"]["split_fractions"]),
+            seed=config["seed"],
+        log:
+            "results/logs/ood_manifest.log",
+        conda:
+            ENV
+        shell:
+            "python -m ldpm.cli manifest --stores {input:q} --output {output:q} --split-fractions {params.fractions}"
+            " --seed {params.seed:q} --split test > {log:q} 2>&1"
+
+    rule ood_shard:
+        """The OOD set as one test shard with its fixed, seeded undersampling masks."""
+        input:
+            f"{OOD}/manifest.csv",
+        output:
+            f"{OOD}/test/shard0.h5",
+        params:
+            acc=config["masks"]["acceleration"],
+            cf=config["masks"]["center_fraction"],
+            seed=config["masks"]["seed"],
+        log:
+            "results/logs/ood_shard.log",
+        conda:
+            ENV
+        shell:
+            "python -m ldpm.cli test-shard --manifest {input:q} --shard 0 --n-shards 1"
+            " --output {output:q} --acceleration {params.acc:q} --center-fraction {params.cf:q}"
+            " --mask-seed {params.seed:q} > {log:q} 2>&1"

@@ -33,6 +33,8 @@ rule evaluate:
         summary="results/metrics/{method}/summary.json",
         per_volume="results/metrics/{method}/per_volume.csv",
         per_slice="results/metrics/{method}/per_slice.csv",
+    wildcard_constraints:
+        method="[^/]+",  # results/metrics/<method>/ood/ is evaluate_ood's
     params:
         lpips=quoted(config["metrics"].get("lpips_backbone") or ""),
         inception=quoted(config["metrics"].get("inception_weights") or ""),
@@ -81,3 +83,31 @@ rule val_score:
 
 VAL_OUTPUTS = expand("results/val/{method}/summary.json",
                      method=[m for m in RECON_METHODS if m not in MULTICOIL_METHODS])
+
+
+if OOD_METHODS:
+
+    rule evaluate_ood:
+        """Score one method on the out-of-distribution set (PSNR/SSIM/NMSE: Table III's OOD column)."""
+        input:
+            recon="results/recon/{method}/ood.h5",
+            data=f"{OOD}/test/shard0.h5",
+            manifest=f"{OOD}/manifest.csv",
+        output:
+            summary="results/metrics/{method}/ood/summary.json",
+            per_volume="results/metrics/{method}/ood/per_volume.csv",
+            per_slice="results/metrics/{method}/ood/per_slice.csv",
+        wildcard_constraints:
+            method="|".join(OOD_METHODS),
+        log:
+            "results/logs/evaluate/{method}_ood.log",
+        benchmark:
+            "results/benchmarks/evaluate/{method}_ood.tsv"
+        conda:
+            ENV
+        threads: 1
+        shell:
+            "OMP_NUM_THREADS={threads:q} python -m ldpm.cli evaluate --method {wildcards.method:q} --recon {input.recon:q}"
+            " --data {input.data:q} --manifest {input.manifest:q} --out-dir results/metrics/{wildcards.method:q}/ood"
+            " --pixel-only > {log:q} 2>&1"
+

@@ -15,10 +15,7 @@ rule reconstruct:
     params:
         checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
                                                            for s in method_stages(wc.method, WITH_SD))),
-        options=lambda wc: as_json({**method_options(wc.method, config["inference"]),
-                                    "sd_path": config["pretrained"].get("sd_path"),
-                                    **({"manifest": f"{DATA}/manifest.csv"}
-                                       if wc.method in MULTICOIL_METHODS else {})}),
+        options=lambda wc: recon_options(wc.method),
     log:
         "results/logs/reconstruct/{method}_{shard}.log",
     benchmark:
@@ -32,3 +29,25 @@ rule reconstruct:
     shell:
         "OMP_NUM_THREADS={threads:q} python -m ldpm.cli reconstruct --method {wildcards.method:q} --shard-data {input.data:q}"
         " {params.checkpoints} --options {params.options} --output {output:q} > {log:q} 2>&1"
+
+
+if OOD_METHODS:
+
+    use rule reconstruct as reconstruct_ood with:
+        input:
+            data=f"{OOD}/test/shard0.h5",
+            models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
+            multicoil=lambda wc: multicoil_inputs(wc.method, f"{OOD}/manifest.csv"),
+        output:
+            "results/recon/{method}/ood.h5",
+        wildcard_constraints:
+            method="|".join(OOD_METHODS),
+        params:
+            checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
+                                                               for s in method_stages(wc.method, WITH_SD))),
+            options=lambda wc: recon_options(wc.method, f"{OOD}/manifest.csv"),
+        log:
+            "results/logs/reconstruct/{method}_ood.log",
+        benchmark:
+            "results/benchmarks/reconstruct/{method}_ood.tsv"
+        priority: 5

@@ -108,6 +108,7 @@ rule report:
     input:
         summaries=expand("results/metrics/{method}/summary.json", method=METHODS),
         per_volume=expand("results/metrics/{method}/per_volume.csv", method=METHODS),
+        ood=expand("results/metrics/{method}/ood/per_volume.csv", method=OOD_METHODS),
         recon=expand("results/recon/{method}/shard{shard}.h5", method=METHODS, shard=SHARDS),
         data=expand(f"{DATA}/test/shard{{shard}}.h5", shard=SHARDS),
         vae=expand("results/vae_recon/{kind}.h5", kind=VAE_KINDS) if WITH_FIG3 else [],
@@ -126,6 +127,7 @@ rule report:
     params:
         methods=",".join(METHODS),
         fig3=int(WITH_FIG3),
+        ood=int(bool(OOD_METHODS)),
         stages=quoted(",".join(REPORT_STAGES)),
     log:
         "results/logs/report.log",
@@ -134,4 +136,4 @@ rule report:
     shell:
         "papermill --no-progress-bar --kernel python3 {input.notebook:q} {output.notebook:q}"
         " -p methods {params.methods:q} -p results_dir results -p paper_values {input.paper:q}"
-        " -p with_fig3 {params.fig3:q} -p stages {params.stages} > {log:q} 2>&1"
+        " -p with_fig3 {params.fig3:q} -p with_ood {params.ood:q} -p stages {params.stages} > {log:q} 2>&1"
