@@ -1,18 +1,27 @@
 """Seconds per slice of every reconstruction method, measured in one process on one slice.
 
     python benchmarks/bench_methods.py [--size 128] [--repeats 3] [--device cpu|cuda] [--preset default]
-        [--batch-sizes 1 4 8] [--profile] [--score-mri-steps K]
+        [--batch-sizes 1 4 8] [--profile] [--score-mri-steps K] [--ldpm-steps K]
 
 The paper's cost claim at its own settings (320 x 320, the paper preset's networks, Score-MRI at
 N = 2000, LDPM at the paper preset's DSS steps), in one command on a CPU:
 
-    python benchmarks/bench_methods.py --preset paper --size 320 --repeats 1 --score-mri-steps 10
+    python benchmarks/bench_methods.py --preset paper --size 320 --repeats 1 --score-mri-steps 10 \
+        --ldpm-steps 2
 
 Reference: LDPM's Dual-Stage Sampler. Printed: median seconds per slice of each method, the
 ratio to one plain respaced-DDPM run of the same LDPM networks (the w/o DSS path), the ratio of
 Score-MRI's time to LDPM's (the paper's claim: latent diffusion is cheaper than pixel-space
 diffusion), and peak memory. Networks are built at the preset's sizes with seeded random
 weights: time per slice does not depend on the weights' values, so nothing is trained here.
+
+``--score-mri-steps K``: Score-MRI timed over K of its N levels (each level costs the same) and
+extrapolated linearly. ``--ldpm-steps K``: LDPM's two samplers timed over K steps of each kind
+and extrapolated to the preset's steps: a DSS step costs one denoiser + control branch call and,
+for t > p, a VAE decode and encode (eq. 9), for t <= p a decode and its backward (eq. 10-11), so
+``T(n) = n1 s1 + n2 s2 + d`` with ``n1``/``n2`` the preset schedule's steps above / below p, ``s1``
+and ``s2`` measured on K steps of each kind and ``d`` (the final decode) on none; the plain
+sampler's steps all cost the same.
 
 ``--batch-sizes``: LDPM's seconds per slice when B slices are sampled at once (each with its own
 seeded noise), and the ratio to B = 1. ``--profile``: one DSS reconstruction split into the
@@ -39,6 +48,7 @@ from ldpm.mri import ifft2c, mask_for_slice
 from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
 from ldpm.models import vae_decode, vae_encode
 from ldpm.sampling.dual_stage import DualStageSampler
+from ldpm.sampling.spaced import SpacedSchedule
 from ldpm.train import presets
 from ldpm.checkpoints import build_baseline
 from ldpm.methods.baselines import reconstruct
@@ -49,6 +59,14 @@ def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def subschedule(schedule: SpacedSchedule, steps) -> SpacedSchedule:
+    """The schedule's steps at indices ``steps`` only (for timing a few steps of each kind)."""
+    idx = torch.as_tensor(sorted(steps), dtype=torch.long)
+    return SpacedSchedule(schedule.timesteps[idx], schedule.alphas_cumprod[idx],
+                          schedule.alphas_cumprod_prev[idx], schedule.betas[idx],
+                          schedule.posterior_variance[idx], schedule.num_train_timesteps)
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -78,6 +96,9 @@ def main() -> None:
     ap.add_argument("--score-mri-steps", type=int, default=None,
                     help="time Score-MRI over this many of its N predictor-corrector levels and "
                          "extrapolate linearly to N (each level costs the same)")
+    ap.add_argument("--ldpm-steps", type=int, default=None,
+                    help="time LDPM's samplers over this many steps of each kind (t > p, t <= p) "
+                         "and extrapolate to the preset's steps")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -113,11 +134,31 @@ def main() -> None:
     mrcn = MRControlNet.from_denoiser(unet, null_text_embedding(unet).to(dev)).to(dev).eval()
     enc, dec = partial(vae_encode, vae), partial(vae_decode, vae)
 
-    def ldpm(use_dss: bool) -> None:
+    def ldpm(use_dss: bool, steps=None) -> None:
+        """One reconstruction; ``steps``: only these indices of the preset's schedule."""
         sampler = DualStageSampler(n_steps=n_steps, use_dss=use_dss)
+        if steps is not None:
+            sampler.schedule = subschedule(sampler.schedule, steps)
         with torch.no_grad():
             c_latent = enc(sketcher(x_u, k, m))
         sampler(mrcn, enc, dec, c_latent, k, m, generator=torch.Generator().manual_seed(0))
+
+    def ldpm_seconds(use_dss: bool) -> float:
+        """Seconds of one reconstruction at the preset's steps, measured or extrapolated."""
+        if not a.ldpm_steps or a.ldpm_steps >= n_steps:
+            return timed(partial(ldpm, use_dss), a.repeats, a.device)
+        preset_sampler = DualStageSampler(n_steps=n_steps)
+        full, p = preset_sampler.schedule, preset_sampler.p
+        above = [i for i in range(len(full)) if int(full.timesteps[i]) > p]
+        below = [i for i in range(len(full)) if int(full.timesteps[i]) <= p]
+        d = timed(partial(ldpm, use_dss, []), a.repeats, a.device)
+        total = d
+        for kind in ((above, below) if use_dss else (above + below,)):
+            if kind:
+                part = kind[:a.ldpm_steps]
+                per_step = (timed(partial(ldpm, use_dss, part), a.repeats, a.device) - d) / len(part)
+                total += per_step * len(kind)
+        return total
 
     def ldpm_batch(b: int) -> None:
         kb, mb, xb = (t.expand(b, *t.shape[1:]) for t in (k, m, x_u))
@@ -174,8 +215,7 @@ def main() -> None:
             ds.kspace_guidance = real_guidance
         return {name: (sec, calls) for name, (sec, calls) in clock.items()}
 
-    rows = {"LDPM (DSS)": timed(partial(ldpm, True), a.repeats, a.device),
-            "plain spaced DDPM (same nets)": timed(partial(ldpm, False), a.repeats, a.device)}
+    rows = {"LDPM (DSS)": ldpm_seconds(True), "plain spaced DDPM (same nets)": ldpm_seconds(False)}
     configs = DEFAULT_CONFIGS if a.preset == "default" else PAPER_CONFIGS
     n_score = int(configs["score_mri"]["sampler"]["n_steps"])  # the preset's N
     k_score = min(a.score_mri_steps or n_score, n_score)
@@ -196,8 +236,10 @@ def main() -> None:
         print(f"{name:32s} {sec:10.3f} {sec / ref:14.2f}")
     print(f"DSS / plain spaced DDPM: {ref / rows['plain spaced DDPM (same nets)']:.2f}")
     measured = "" if k_score == n_score else f", timed over {k_score} levels and extrapolated linearly"
+    ldpm_measured = ("" if not a.ldpm_steps or a.ldpm_steps >= n_steps else
+                     f", timed over {a.ldpm_steps} steps of each kind and extrapolated")
     print(f"Score-MRI / LDPM: {rows['score_mri'] / ref:.2f} (Score-MRI at N={n_score}{measured}; "
-          f"LDPM at {n_steps} DSS steps)")
+          f"LDPM at {n_steps} DSS steps{ldpm_measured})")
     if a.batch_sizes:
         per_slice = {b: timed(partial(ldpm_batch, b), a.repeats, a.device) / b for b in a.batch_sizes}
         base = per_slice.get(1) or per_slice[min(per_slice)]

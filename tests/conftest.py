@@ -163,3 +163,51 @@ def smooth_slices(disc: bool = False):
             img = img * ((xx ** 2 + yy ** 2) < 0.8).float()
         out.append(img / img.max())
     return torch.stack(out)[:, None].float()
+
+
+def write_tiny_sd(root: Path, cross_attention_dim: int = 16) -> Path:
+    """A folder in Stable Diffusion 2-1-base's diffusers layout with tiny random weights:
+    ``vae/`` (an 8x AutoencoderKL), ``unet/`` (a UNet2DConditionModel with cross-attention),
+    ``text_encoder/`` + ``tokenizer/`` (a tiny CLIP from ``transformers``), ``scheduler/`` and
+    ``model_index.json``. Seeded: the same weights on every call."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = Path(root)
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                  layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                  scaling_factor=0.18215).save_pretrained(root / "vae")
+    UNet2DConditionModel(in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                         cross_attention_dim=cross_attention_dim, attention_head_dim=4,
+                         norm_num_groups=4).save_pretrained(root / "unet")
+    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=cross_attention_dim,
+                                 intermediate_size=2 * cross_attention_dim, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=77,
+                                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+                  ).save_pretrained(root / "text_encoder")
+    tok = root / "tokenizer"
+    tok.mkdir(parents=True)
+    # CLIP's byte-level BPE with its two special tokens at SD's ids and no merges: "" -> BOS, EOS
+    vocab = {chr(c): c for c in range(256)}
+    vocab.update({"<|startoftext|>": 49406, "<|endoftext|>": 49407})
+    (tok / "vocab.json").write_text(json.dumps(vocab))
+    (tok / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(tok / "vocab.json"), str(tok / "merges.txt"), model_max_length=77,
+                  pad_token="<|endoftext|>").save_pretrained(tok)
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+        "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}))
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"]}))
+    return root

@@ -18,8 +18,8 @@ from ldpm.diffcode.data import read_ct_pairs, read_pet_pairs, read_task_pairs, t
 from ldpm.diffcode.degradations import (degrade, degrade_test_slices, kspace_truncate, rician,
                                         undersample_magnitude)
 from ldpm.diffcode.evaluate import EvalSet, restore_test_set, summarize, volume_metrics
-from ldpm.diffcode.models import (TARM, LatentRetrieval, Restorer, VQAutoencoder, residual_quantize,
-                                  topk_gating)
+from ldpm.diffcode.models import (TARM, CodebookBank, LatentRetrieval, Restorer, VQAutoencoder,
+                                  residual_quantize, topk_gating)
 from ldpm.diffcode.report import make_table1, make_table2
 from ldpm.diffcode.train import (PriorReference, TaskData, load_frozen, load_stage, stage_loss,
                                  task_batch, train_stage)
@@ -186,7 +186,43 @@ def test_bank_training_resumes_bit_for_bit(config, phantoms, tmp_path):
     train_stage(cfg, "unused.csv", tmp_path / "b", seed=3, log=False, data=data)
     a = load_stage(tmp_path / "a")[1]["vq"].state_dict()
     b = load_stage(tmp_path / "b")[1]["vq"].state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "bank.usage" in a and all(torch.equal(a[k], b[k]) for k in a)  # usage resumes too
+    log = pd.read_csv(tmp_path / "a" / "log.csv")
+    used = [c for c in log.columns if c.startswith("perplexity_")]
+    assert used and set(used) <= {f"perplexity_{t}" for t in cfg["tasks"]}
+    assert ((log[used].fillna(1.0) >= 1.0) & (log[used].fillna(1.0) <= cfg["model"]["codebook_size"])).all().all()
+
+
+def test_a_dead_codebook_item_is_reseeded_from_the_batch_latents():
+    """Items no assignment reaches lose usage (EMA, decay 0.9) until they fall below the threshold
+    and are replaced by latent vectors of the batch; the used item, and a codebook the batch did
+    not use, are kept. Perplexity counts the items in effective use."""
+    bank = CodebookBank(2, 4, 3, depth=1, dead_code_threshold=0.5)
+    with torch.no_grad():
+        bank.codebooks.zero_()
+        bank.codebooks[0, 1:] = 100.0  # far from every latent: never the nearest item
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 2, 2, generator=g)
+    idx = torch.tensor([0, 0])
+    for step in range(7):  # usage 0.9^n: 0.478 < 0.5 at the 7th step
+        rq = bank(z, idx)
+        assert rq.codes.eq(0).all()
+        perplexity = bank.reseed_dead(z, idx, rq.codes, g)
+        assert perplexity == {0: pytest.approx(1.0)}
+        if step < 6:
+            assert (bank.codebooks[0, 1:] == 100.0).all()
+    vectors = z.flatten(2).transpose(1, 2).reshape(-1, 3)
+    for item in (1, 2, 3):
+        assert any(torch.equal(bank.codebooks[0, item], v) for v in vectors), item
+    assert (bank.usage[0, 1:] == 1.0).all() and (bank.codebooks[0, 0] == 0).all()
+    assert (bank.codebooks[1] == 0).all() and (bank.usage[1] == 1.0).all()  # not in the batch
+    off = CodebookBank(1, 4, 3, depth=1)  # threshold 0: never re-seeded
+    with torch.no_grad():
+        off.codebooks.zero_()
+        off.codebooks[0, 1:] = 100.0
+    for _ in range(50):
+        off.reseed_dead(z, torch.tensor([0, 0]), off(z, torch.tensor([0, 0])).codes, g)
+    assert (off.codebooks[0, 1:] == 100.0).all()
 
 
 def test_restore_refuses_a_bank_of_other_tasks(config, phantoms, tmp_path):

@@ -18,7 +18,7 @@ from ldpm.models.lora import (LORA_WEIGHTS_FILE, adapter_parameters, add_lora, c
                               load_lora, save_lora)
 from ldpm.sampling import base_alphas_cumprod
 from ldpm.train.controlnet import controlnet_loss
-from ldpm.train.lora import train_lora
+from ldpm.train.lora import DEFAULT_CONFIGS as LORA_PRESETS, train_lora, train_lora_eps
 from conftest import TINY_DENOISER, TINY_VAE
 
 CFG = {"rank": 2, "alpha": None, "targets": ["to_q", "to_k", "to_v", "to_out.0"], "lora_lr": 1e-2,
@@ -82,6 +82,43 @@ def test_training_changes_only_adapter_and_control_weights(parts, tmp_path, trai
     assert meta["trainable_parameters"] == n_lora + (sum(
         p.numel() for p in model.controlnet.parameters()) if train_control else 0)
     assert (tmp_path / "run" / "final" / LORA_WEIGHTS_FILE).is_file()
+
+
+def test_eps_loss_adapter_changes_only_adapter_weights_and_lowers_the_denoisers_loss(parts, tmp_path):
+    """``lora_eps_*``: the adapter on the frozen denoiser, trained with the denoiser's own
+    ε-loss on the latents of the images; no base U-Net weight and no VAE weight changes, and
+    the denoiser's loss on those latents falls."""
+    from ldpm.models import NullContextEps
+    from ldpm.train.denoiser import denoiser_loss, encode_images
+
+    _, vae, images = parts
+    unet = tiny_unet()
+    before, vae_before = base_state(unet), copy.deepcopy(vae.state_dict())
+    null = null_text_embedding(unet)
+    cfg = {**LORA_PRESETS["lora_eps_t1"], "rank": 2, "lora_lr": 3e-2, "batch_size": 6, "n_steps": 30,
+           "flip": False, "masks": CFG["masks"]}
+    from ldpm.train.vae import normalised_images
+
+    latents = encode_images(vae, normalised_images(images, cfg, 0))
+
+    def loss_now() -> float:
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            return float(sum(denoiser_loss(NullContextEps(unet, null), latents, base_alphas_cumprod(), g)
+                             for _ in range(8)))
+
+    start = loss_now()  # the base U-Net's
+    meta = train_lora_eps(images, cfg, tmp_path / "run", vae, unet, null, "lora_eps_t1", seed=0, log=False)
+    after = base_state(unet)
+    assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(vae_before[k], v) for k, v in vae.state_dict().items())
+    lora_b = [p for n, p in adapter_parameters(unet, "lora_eps_t1").items() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "the adapter did not train"
+    n_lora = sum(p.numel() for p in adapter_parameters(unet, "lora_eps_t1").values())
+    assert meta["trainable_parameters"] == meta["adapter_parameters"] == n_lora
+    assert meta["control_parameters"] == 0
+    assert (tmp_path / "run" / "final" / LORA_WEIGHTS_FILE).is_file()
+    assert loss_now() < start
 
 
 def test_first_step_moves_b_by_the_adapter_lr_and_the_control_branch_by_its_lr(parts, tmp_path):
@@ -246,6 +283,10 @@ def test_stage_and_method_graph():
     assert step_variant("unet_s10") == ("unet_s10", None)  # only sampling methods take a step count
     assert stage_dependencies("lora_r4", False) == ["sketcher", "vae", "denoiser"]
     assert stage_dependencies("lora_t2", True) == ["sketcher", "vae", "controlnet"]
+    assert stage_dependencies("lora_eps_t1", False) == ["vae", "denoiser"]
+    assert stage_dependencies("lora_eps_t2", True) == ["vae"]
+    assert method_stages("ldpm_lora_eps_mix", False) == ["sketcher", "vae", "denoiser", "controlnet",
+                                                          "lora_eps_t1", "lora_eps_t2"]
     assert method_stages("ldpm_lora_mix", False) == ["sketcher", "vae", "denoiser", "controlnet",
                                                       "lora_t1", "lora_t2"]
     assert method_stages("ldpm_s10", False) == method_stages("ldpm", False)
@@ -324,7 +365,8 @@ def test_table_renders_numbers_from_files_and_na_with_reasons(tmp_path):
     assert table.loc["ldpm_lora_r4", "sample_s_slice"] == pytest.approx(4.0)
     assert pd.isna(table.loc["ldpm", "sample_s_slice"])
     text = md.read_text()
-    assert "LDPM + LoRA r=4 (joint)" in text and "LDPM (frozen denoiser), 25 steps" in text
+    assert "LDPM + LoRA r=4 (joint: adapter + control branch, control loss)" in text
+    assert "LDPM (frozen denoiser), 25 steps" in text
     assert "n/a" in text and "AlexNet weights not available offline" in text
     assert "no sampling time for recon/ldpm/shard0.h5" in text
     assert "no T2/FLAIR" not in text and "30.00" in text  # the FLAIR volume is the T2/FLAIR group

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -123,6 +124,71 @@ def test_whole_dag_on_tiny_config(tmp_path):
         assert name in page, name
     assert "Undefined substitution" not in html.stderr
     assert [*tmp_path.rglob("PWNED"), *REPO.rglob("PWNED")] == []
+
+
+@pytest.mark.slow
+def test_dag_on_a_stable_diffusion_folder(tmp_path):
+    """``pretrained.sd_path`` end to end, on a folder in SD 2-1-base's layout with tiny random
+    weights: no denoiser or natural-image VAE is trained; MR-VAE starts from ``vae/``; "w/o
+    MR-VAE" decodes with ``vae/``; the empty-prompt context is the text encoder's output for "";
+    the control branch starts as a copy of ``unet/``'s encoder. A step at lr 1e-5 moves each
+    weight by about 1e-5, while a fresh initialisation would be another draw (the control
+    branch's encoder moves from its second step, once its zero convolutions are not zero)."""
+    import torch
+    from conftest import write_tiny_sd
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ldpm.checkpoints import load_controlnet, load_vae
+    from ldpm.methods.ldpm import load_ldpm
+
+    sd = write_tiny_sd(tmp_path / "sd 2-1 'base'")
+    work = tmp_path / "run"
+    work.mkdir()
+    config = {
+        "embedded": {"n_subjects": 4, "slices_per_volume": 2, "contrasts": ["T1"], "ood": False},
+        "data": {"crop_size": 64, "split_fractions": {"train": 0.5, "val": 0.0, "test": 0.5}},
+        "inference": {"n_shards": 1, "ldpm": {"n_steps": 2}},
+        "metrics": {"kid_subset_size": 4},
+        "methods": ["zero_filled", "ldpm", "ldpm_wo_mrvae"],
+        "pretrained": {"sd_path": str(sd)},
+        "train": {"stages": {"sketcher": {"n_steps": 2}, "vae": {"n_steps": 1, "lr": 1e-5},
+                             "controlnet": {"n_steps": 2, "lr": 1e-5}}},
+        "diffcode": {"enabled": False}, "lora": {"enabled": False},
+    }
+    proc = run_snakemake(work, "all", config=config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = proc.stdout + proc.stderr
+    models = work / "results" / "models"
+    assert "results/models/denoiser" not in out and "vae_natural" not in out
+    assert sorted(p.name for p in models.iterdir()) == ["controlnet", "sketcher", "vae"]
+
+    def close(a: dict, b: dict, atol: float = 1e-4) -> bool:
+        return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol) for k in a)
+
+    sd_vae = AutoencoderKL.from_pretrained(sd, subfolder="vae").state_dict()
+    mr_vae = load_vae(models / "vae").state_dict()
+    assert close(mr_vae, sd_vae) and not close(mr_vae, sd_vae, atol=0.0)
+    assert json.loads((models / "vae" / "meta.json").read_text())["sd_path"] == str(sd)
+    sketcher, untuned, _ = load_ldpm({s: models / s for s in ("sketcher", "vae", "controlnet")},
+                                     "untuned", str(sd))
+    assert close(untuned.state_dict(), sd_vae, atol=0.0)  # w/o MR-VAE: SD's VAE itself
+    tok = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")
+    ids = tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder")(ids)[0]
+    null = load_file(models / "controlnet" / "final" / "null_text_embedding.safetensors")["null"]
+    assert null.shape == (1, 77, 16) and torch.allclose(null, expected, atol=1e-6)
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    branch = load_controlnet(models / "controlnet", unet).controlnet
+    encoder = {k: v for k, v in unet.state_dict().items() if k.startswith(("down_blocks.", "mid_block.", "conv_in."))}
+    copied = {k: v for k, v in branch.state_dict().items() if k in encoder}
+    assert len(copied) == len(encoder) and close(copied, encoder) and not close(copied, encoder, atol=0.0)
+    import h5py
+    with h5py.File(work / "results" / "recon" / "ldpm" / "shard0.h5") as a, \
+            h5py.File(work / "results" / "recon" / "ldpm_wo_mrvae" / "shard0.h5") as b:
+        assert not np.array_equal(a["recon"][()], b["recon"][()])  # decoded by another VAE
 
 
 def test_ood_set_comes_from_data_ood_root_or_the_embedded_scans_or_is_off(tmp_path):

@@ -167,7 +167,8 @@ def stage_config(config: Mapping, stage: str) -> dict[str, Any]:
     vq = {**naf, "code_dim": m["code_dim"], "codebook_size": m["codebook_size"], "rq_depth": m["rq_depth"]}
     if kind == "bank":
         out.update(codebook="single" if stage == "bank_single" else "bank",
-                   model={**vq, "commitment": m["commitment"]})
+                   model={**vq, "commitment": m["commitment"],
+                          "dead_code_threshold": m["dead_code_threshold"]})
     elif kind == "retrieval":
         out.update(mode="direct" if stage == "retrieval_direct" else "diffusion",
                    model={**vq, **{k: m[k] for k in ("diffusion_steps", "beta", "denoiser_layers",

@@ -194,12 +194,25 @@ def residual_quantize(z: torch.Tensor, codebooks: torch.Tensor, depth: int) -> R
 
 
 class CodebookBank(nn.Module):
-    """``n_codebooks`` codebooks of ``size`` items of dimension ``dim`` (eq. 1-3: one per task)."""
+    """``n_codebooks`` codebooks of ``size`` items of dimension ``dim`` (eq. 1-3: one per task).
 
-    def __init__(self, n_codebooks: int, size: int, dim: int, depth: int):
+    ``usage`` (a buffer, checkpointed with the weights): per item, an EMA (decay ``usage_decay``)
+    of how many assignments (over every depth) it got per training batch of its codebook; an item
+    whose usage falls below ``dead_code_threshold`` is dead and is re-seeded (:meth:`reseed_dead`).
+    """
+
+    def __init__(self, n_codebooks: int, size: int, dim: int, depth: int,
+                 dead_code_threshold: float = 0.0, usage_decay: float = 0.9):
         super().__init__()
         self.depth = int(depth)
+        self.dead_code_threshold, self.usage_decay = float(dead_code_threshold), float(usage_decay)
         self.codebooks = nn.Parameter(torch.empty(n_codebooks, size, dim).uniform_(-1 / size, 1 / size))
+        self.register_buffer("usage", torch.ones(n_codebooks, size))
+
+    def _item_scale(self) -> torch.Tensor:
+        """2^-d for the d-th of the items (deeper residual steps find items of their size)."""
+        k = self.codebooks.shape[1]
+        return 0.5 ** (torch.arange(k) * max(1, self.depth) // k).to(torch.float32)
 
     def forward(self, z: torch.Tensor, codebook_index: torch.Tensor) -> RQOutput:
         return residual_quantize(z, self.codebooks[codebook_index.to(z.device)], self.depth)
@@ -211,11 +224,37 @@ class CodebookBank(nn.Module):
         that deeper residual steps find items of their size)."""
         n, k, c = self.codebooks.shape
         vecs = z.flatten(2).transpose(1, 2).reshape(-1, c)
-        depth = max(1, self.depth)
-        scale = 0.5 ** (torch.arange(k) * depth // k).to(torch.float32)
+        scale = self._item_scale()
         for i in range(n):
             pick = torch.randint(len(vecs), (k,), generator=generator).to(vecs.device)
             self.codebooks[i] = vecs[pick] * scale.to(vecs.device)[:, None]
+
+    @torch.no_grad()
+    def reseed_dead(self, z: torch.Tensor, codebook_index: torch.Tensor, codes: torch.Tensor,
+                    generator: torch.Generator) -> dict[int, float]:
+        """Dead-code handling after a training step (as vector-quantize-pytorch's
+        ``threshold_ema_dead_code``): every codebook this batch used updates its items' ``usage``
+        from the batch's ``codes`` [B, D, h, w]; its dead items are replaced by latent vectors of
+        ``z`` [B, C, h, w] of the samples that used it, drawn on ``generator`` and scaled as in
+        :meth:`init_from`, and their usage restarts at 1. Returns each used codebook's
+        perplexity: exp of the entropy of its items' shares of the batch's assignments (the
+        number of items in effective use, at most ``size``)."""
+        k, c = self.codebooks.shape[1:]
+        scale = self._item_scale()
+        perplexity = {}
+        for i in torch.unique(codebook_index.cpu()).tolist():
+            rows = (codebook_index == i).to(codes.device)
+            counts = torch.bincount(codes[rows].flatten(), minlength=k).to(self.usage)
+            share = counts / counts.sum().clamp_min(1.0)
+            perplexity[int(i)] = float(torch.exp(-(share * share.clamp_min(1e-12).log()).sum()))
+            self.usage[i].mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
+            dead = torch.nonzero(self.usage[i] < self.dead_code_threshold).flatten()
+            if len(dead):
+                vecs = z[rows.to(z.device)].flatten(2).transpose(1, 2).reshape(-1, c)
+                pick = torch.randint(len(vecs), (len(dead),), generator=generator).to(vecs.device)
+                self.codebooks[i, dead] = vecs[pick] * scale.to(vecs.device)[dead.cpu(), None]
+                self.usage[i, dead] = 1.0
+        return perplexity
 
 
 class VQAutoencoder(nn.Module):
@@ -226,16 +265,18 @@ class VQAutoencoder(nn.Module):
         ch, bl, dim = list(cfg["channels"]), list(cfg["naf_blocks"]), int(cfg["code_dim"])
         self.encoder = NAFEncoder(1, ch, bl, dim)
         self.decoder = NAFDecoder(dim, ch, bl, 1)
-        self.bank = CodebookBank(n_codebooks, int(cfg["codebook_size"]), dim, int(cfg["rq_depth"]))
+        self.bank = CodebookBank(n_codebooks, int(cfg["codebook_size"]), dim, int(cfg["rq_depth"]),
+                                 float(cfg.get("dead_code_threshold") or 0.0))
         self.factor = self.encoder.factor
 
     def quantize(self, z: torch.Tensor, codebook_index: torch.Tensor) -> RQOutput:
         return self.bank(z, codebook_index)
 
-    def loss(self, x: torch.Tensor, codebook_index: torch.Tensor,
-             commitment: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, x: torch.Tensor, codebook_index: torch.Tensor, commitment: float
+             ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, RQOutput]:
         """Eq. 3: ``||I - Î||_1 + ||sg[z] - z_q||² + δ ||z - sg[z_q]||²`` (means over elements);
-        the decoder sees ``z_q`` through the straight-through estimator."""
+        the decoder sees ``z_q`` through the straight-through estimator. Returns the loss, the
+        scalars to log, and the latents ``z`` (detached) with their quantisation."""
         z = self.encoder(x)
         rq = self.quantize(z, codebook_index)
         recon = self.decoder(z + (rq.q - z).detach())
@@ -245,7 +286,8 @@ class VQAutoencoder(nn.Module):
         loss = l1 + codebook + commitment * commit
         return loss, {"loss": loss.item(), "l1": l1.item(), "codebook": codebook.item(),
                       "commitment": commit.item(),
-                      "residual_last": float(rq.residual_norms[-1] / rq.residual_norms[0].clamp_min(1e-12))}
+                      "residual_last": float(rq.residual_norms[-1] / rq.residual_norms[0].clamp_min(1e-12))
+                      }, z.detach(), rq
 
     def reference(self, z_hat: torch.Tensor, codebook_index: torch.Tensor) -> torch.Tensor:
         """Quantise estimated features with the task's codebook and decode them (``I_ref``)."""

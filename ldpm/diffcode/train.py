@@ -221,6 +221,22 @@ def load_frozen(cfg: Mapping, deps: Mapping[str, Path], device: torch.device | s
     return None, None
 
 
+def bank_loss(cfg: Mapping, net: VQAutoencoder, b: Mapping[str, torch.Tensor]):
+    """Eq. 3 on a batch: ``(loss, scalars, z, codebook_index, codes)`` (the last three for
+    :meth:`~ldpm.diffcode.models.CodebookBank.reseed_dead`)."""
+    idx = b["task"] if cfg["codebook"] == "bank" else torch.zeros_like(b["task"])
+    x, _ = pad_to_multiple(b["hq"], net.factor)
+    loss, out, z, rq = net.loss(x, idx, float(cfg["model"]["commitment"]))
+    return loss, out, z, idx, rq.codes
+
+
+def codebook_perplexities(cfg: Mapping, perplexity: Mapping[int, float]) -> dict[str, float]:
+    """``perplexity_<task>`` per used codebook of the bank (``perplexity`` for a single one)."""
+    if cfg["codebook"] != "bank":
+        return {"perplexity": perplexity[0]} if 0 in perplexity else {}
+    return {f"perplexity_{cfg['tasks'][i]}": v for i, v in sorted(perplexity.items())}
+
+
 def stage_loss(cfg: Mapping, net: nn.Module, b: Mapping[str, torch.Tensor], generator: torch.Generator,
                frozen_vq: VQAutoencoder | None = None,
                frozen_prior: PriorReference | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -229,9 +245,7 @@ def stage_loss(cfg: Mapping, net: nn.Module, b: Mapping[str, torch.Tensor], gene
     TARS), unet/swinir L1."""
     kind = stage_kind(cfg["stage"])
     if kind == "bank":
-        idx = b["task"] if cfg["codebook"] == "bank" else torch.zeros_like(b["task"])
-        x, _ = pad_to_multiple(b["hq"], net.factor)
-        return net.loss(x, idx, float(cfg["model"]["commitment"]))
+        return bank_loss(cfg, net, b)[:2]
     if kind == "retrieval":
         lq, _ = pad_to_multiple(b["lq"], net.factor)
         hq, _ = pad_to_multiple(b["hq"], net.factor)
@@ -289,10 +303,16 @@ def train_stage(cfg: Mapping, manifest: str | Path, out_dir: str | Path, seed: i
         if step == 0 and stage_kind(cfg["stage"]) == "bank":  # codebooks start from latents
             with torch.no_grad():
                 net.bank.init_from(net.encoder(pad_to_multiple(b["hq"], net.factor)[0]), gen)
-        loss, out = stage_loss(cfg, net, b, gen, frozen_vq, frozen_prior)
+        bank = stage_kind(cfg["stage"]) == "bank"
+        if bank:
+            loss, out, z, idx, codes = bank_loss(cfg, net, b)
+        else:
+            loss, out = stage_loss(cfg, net, b, gen, frozen_vq, frozen_prior)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if bank:  # codebook usage, and dead items re-seeded from this batch's latents
+            out.update(codebook_perplexities(cfg, net.bank.reseed_dead(z, idx, codes, gen)))
         return out
 
     return train(step_fn, modules, {"opt": opt}, out_dir, int(cfg["n_steps"]), seed,

@@ -4,7 +4,10 @@ options it takes. The Snakefile, the trainers and the registry all ask this modu
 
 LoRA study (seed 003): ``lora_r4``/``lora_r16`` train an adapter and a fresh control branch
 jointly (the rank study); ``lora_t1``/``lora_t2`` one adapter per contrast group on the
-``controlnet`` stage's frozen control branch; ``ldpm_lora_mix`` combines the two group adapters.
+``controlnet`` stage's frozen control branch, with the control loss (eq. 7); ``lora_eps_t1`` /
+``lora_eps_t2`` one adapter per contrast group on the denoiser alone, with its own ε-loss on that
+group's MR latents (the seed's "adapt the generative prior to a domain"); ``ldpm_lora_mix`` and
+``ldpm_lora_eps_mix`` combine the two group adapters of each kind.
 ``<method>_s<N>`` is ``ldpm`` or a LoRA method with ``N`` Dual-Stage Sampler steps.
 """
 
@@ -29,7 +32,9 @@ MULTICOIL_METHODS = ("unet_official", "varnet_official")
 LORA_JOINT_STAGES = ("lora_r4", "lora_r16")
 #: one adapter per contrast group on the controlnet stage's frozen control branch
 LORA_GROUP_STAGES = ("lora_t1", "lora_t2")
-LORA_STAGES = LORA_JOINT_STAGES + LORA_GROUP_STAGES
+#: one adapter per contrast group on the denoiser alone, trained with its ε-loss (the prior)
+LORA_EPS_STAGES = ("lora_eps_t1", "lora_eps_t2")
+LORA_STAGES = LORA_JOINT_STAGES + LORA_GROUP_STAGES + LORA_EPS_STAGES
 #: LoRA method -> (training stage whose control branch it samples with, adapters it activates)
 LORA_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ldpm_lora_r4": ("lora_r4", ("lora_r4",)),
@@ -37,6 +42,9 @@ LORA_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ldpm_lora_t1": ("controlnet", ("lora_t1",)),
     "ldpm_lora_t2": ("controlnet", ("lora_t2",)),
     "ldpm_lora_mix": ("controlnet", ("lora_t1", "lora_t2")),
+    "ldpm_lora_eps_t1": ("controlnet", ("lora_eps_t1",)),
+    "ldpm_lora_eps_t2": ("controlnet", ("lora_eps_t2",)),
+    "ldpm_lora_eps_mix": ("controlnet", ("lora_eps_t1", "lora_eps_t2")),
 }
 #: methods that take a ``_s<N>`` step-count suffix
 STEP_BASES = ("ldpm", *LORA_METHODS)
@@ -71,6 +79,8 @@ def stage_dependencies(stage: str, with_sd: bool) -> list[str]:
         return ["sketcher", "vae", *prior]
     if stage in LORA_GROUP_STAGES:
         return ["sketcher", "vae", *prior, "controlnet"]
+    if stage in LORA_EPS_STAGES:
+        return ["vae", *prior]
     return {"denoiser": ["vae"], "controlnet": ["sketcher", "vae", *prior],
             "vae": [] if with_sd else ["vae_natural"]}.get(stage, [])
 

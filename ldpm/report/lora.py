@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import LdpmInputError
 from ..methods import timing_path
-from ..methods.graph import LORA_GROUP_STAGES, LORA_METHODS, own_stages, step_variant
+from ..methods.graph import LORA_EPS_STAGES, LORA_JOINT_STAGES, LORA_METHODS, own_stages, step_variant
 from .paper import citation
 from .tables import load_summary, write_table
 
@@ -32,7 +32,7 @@ LORA_COLUMNS = [("psnr", "PSNR ↑", True, 2), ("ssim", "SSIM ↑", True, 4), ("
                 ("psnr_t1", "PSNR T1-w ↑", True, 2), ("psnr_t2", "PSNR T2/FLAIR ↑", True, 2),
                 ("trainable", "Trainable params ↓", False, 0), ("train_s_step", "Train s/step ↓", False, 3),
                 ("sample_s_slice", "Sample s/slice ↓", False, 2)]
-GROUP_LABELS = {"lora_t1": "T1-w", "lora_t2": "T2/FLAIR"}
+GROUP_LABELS = {"lora_t1": "T1-w", "lora_t2": "T2/FLAIR", "lora_eps_t1": "T1-w", "lora_eps_t2": "T2/FLAIR"}
 #: the contrast-group columns: (key, adapter stage whose ``contrasts`` define the group)
 GROUP_COLUMNS = (("psnr_t1", "lora_t1"), ("psnr_t2", "lora_t2"))
 _DEFAULT_GROUPS = {"lora_t1": ["T1", "T1PRE", "T1POST"], "lora_t2": ["T2", "FLAIR"]}
@@ -51,20 +51,22 @@ def group_contrasts(results: Path, stage: str) -> list[str]:
 
 
 def row_name(method: str, results: Path, n_steps: int, mix_weights: Sequence[float]) -> str:
-    """``LDPM + LoRA r=4 (joint), 10 steps`` etc.; ranks read from the stages' meta.json."""
+    """``LDPM + LoRA r=4 (joint: adapter + control branch, control loss), 10 steps`` etc., saying
+    what each adapter trained with; ranks read from the stages' meta.json."""
     base, steps = step_variant(method)
     suffix = f", {steps} steps" if steps is not None else ""
     if base == "ldpm":
         return f"LDPM (frozen denoiser){suffix or f', {n_steps} steps'}"
     rank = lambda stage: ((_meta(results, stage) or {}).get("rank", "?"))  # noqa: E731
     adapters = LORA_METHODS[base][1]
-    if adapters[0] not in LORA_GROUP_STAGES:
-        return f"LDPM + LoRA r={rank(adapters[0])} (joint){suffix}"
+    if adapters[0] in LORA_JOINT_STAGES:
+        return f"LDPM + LoRA r={rank(adapters[0])} (joint: adapter + control branch, control loss){suffix}"
+    trained = "prior adapter, ε-loss" if adapters[0] in LORA_EPS_STAGES else "control loss"
     labels = [f"{GROUP_LABELS[a]} r={rank(a)}" for a in adapters]
     if len(adapters) == 1:
-        return f"LDPM + LoRA {labels[0]}{suffix}"
+        return f"LDPM + LoRA {labels[0]} ({trained}){suffix}"
     weights = ", ".join(f"{w:g}" for w in mix_weights)
-    return f"LDPM + LoRA {' ⊕ '.join(labels)} (weights {weights}){suffix}"
+    return f"LDPM + LoRA {' ⊕ '.join(labels)} ({trained}; weights {weights}){suffix}"
 
 
 def _param_count(results: Path, stage: str) -> tuple[int | None, str | None]:
@@ -177,7 +179,9 @@ def make_lora_table(results: str | Path, methods: Sequence[str], n_steps: int,
             "`controlnet`; group adapters = the adapter only (on LDPM's control branch, frozen); "
             "combined = both group adapters. Sample s/slice: Dual-Stage Sampler time per test slice, "
             "networks' loading excluded. Every timing was measured in this run on this machine, "
-            "with other jobs sharing it. Step counts are in the row names.")
+            "with other jobs sharing it. Step counts are in the row names: a row with fewer steps "
+            "(the seed's \"Lightning\" point) only samples with fewer Dual-Stage Sampler steps, with "
+            "the same trained networks; nothing is distilled for it.")
     return write_table(numeric, results / "tables" / "lora",
                        "LoRA adaptation of LDPM's denoiser (after " + citation("supir_lora")
                        + "): quality, parameters and time",

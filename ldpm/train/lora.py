@@ -16,6 +16,12 @@ now with ``eps_theta`` = frozen denoiser + adapter + control branch.
   group's training slices only. Both start from the trained ``controlnet`` stage's control
   branch, kept *frozen*, and train only the adapter: so the two adapters are deltas of one and
   the same generator and can be combined at sampling time (``set_adapters``, weights).
+* ``lora_eps_t1``, ``lora_eps_t2`` (the seed's "adapt the generative prior to a domain"): one
+  adapter per contrast group on the frozen denoiser alone, trained with the denoiser's own loss
+  ``||eps - eps_theta(z_t, "", t)||^2`` (:func:`ldpm.train.denoiser.denoiser_loss`) on the MR-VAE
+  latents of that group's training slices; no control branch takes part. At sampling time the
+  ``controlnet`` stage's control branch conditions the adapted prior, and the two adapters combine
+  as the group adapters do.
 
 ``final/``: ``pytorch_lora_weights.safetensors`` (diffusers LoRA weights with their
 ``LoraConfig``), ``lora.json``; joint stages also the control branch as the ``controlnet`` stage
@@ -38,7 +44,7 @@ from safetensors.torch import save_file
 
 from ..data.store import load_split
 from ..errors import LdpmInputError
-from ..methods.graph import LORA_GROUP_STAGES, LORA_JOINT_STAGES, LORA_STAGES
+from ..methods.graph import LORA_EPS_STAGES, LORA_GROUP_STAGES, LORA_JOINT_STAGES, LORA_STAGES
 from ..models import MRControlNet, Sketcher, save_controlnet
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..models.lora import DEFAULT_TARGETS, AdapterState, add_lora, count_parameters, save_lora
@@ -71,6 +77,14 @@ def _group(controlnet_cfg: Mapping[str, Any], contrasts: list[str], n_steps: int
             "lora_lr": lora_lr, "contrasts": list(contrasts)}
 
 
+def _eps(contrasts: list[str], batch_size: int, n_steps: int | None, epochs: float | None,
+         lora_lr: float) -> dict[str, Any]:
+    """An ε-loss adapter: the denoiser stage's batches of latents, only the adapter trains."""
+    return {"lr_schedule": "cosine", "warmup": 0, "batch_size": batch_size, "crop": None,
+            "flip": True, "n_steps": n_steps, "epochs": epochs, "ckpt_every": 100, "rank": 4,
+            **copy.deepcopy(_LORA_KEYS), "lora_lr": lora_lr, "contrasts": list(contrasts)}
+
+
 #: tiny CPU defaults: joint stages = the controlnet stage's preset + the adapter; group adapters
 #: train for fewer steps (only the adapter learns, on about half of the slices)
 DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
@@ -78,6 +92,8 @@ DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
     "lora_r16": _joint(LDPM_DEFAULT["controlnet"], 16, 1e-3),
     "lora_t1": _group(LDPM_DEFAULT["controlnet"], T1_GROUP, 100, None, 1e-3),
     "lora_t2": _group(LDPM_DEFAULT["controlnet"], T2_GROUP, 100, None, 1e-3),
+    "lora_eps_t1": _eps(T1_GROUP, 8, 100, None, 1e-3),
+    "lora_eps_t2": _eps(T2_GROUP, 8, 100, None, 1e-3),
 }
 #: the paper's scale (SD 2-1-base's U-Net): LoRA's usual 1e-4, group adapters 10 epochs of their group
 PAPER_CONFIGS: dict[str, dict[str, Any]] = {
@@ -85,6 +101,8 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
     "lora_r16": _joint(LDPM_PAPER["controlnet"], 16, 1e-4),
     "lora_t1": _group(LDPM_PAPER["controlnet"], T1_GROUP, None, 10, 1e-4),
     "lora_t2": _group(LDPM_PAPER["controlnet"], T2_GROUP, None, 10, 1e-4),
+    "lora_eps_t1": _eps(T1_GROUP, 16, None, 10, 1e-4),
+    "lora_eps_t2": _eps(T2_GROUP, 16, None, 10, 1e-4),
 }
 
 
@@ -150,6 +168,60 @@ def train_lora(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Pat
                  meta_extra=lambda: info)
 
 
+def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Path,
+                   vae: AutoencoderKL, denoiser, null: torch.Tensor, adapter: str, seed: int = 0,
+                   n_steps: int | None = None, log: bool = True, stop_after: int | None = None,
+                   runtime: Runtime | None = None) -> dict[str, Any]:
+    """Add adapter ``adapter`` to the frozen ``denoiser`` and train only it with the denoiser's
+    ε-loss on the latents of ``images`` divided by ``max |x_u|`` (and their mirror images if
+    ``flip``), as the ``denoiser`` stage trains; returns the loop's meta dict."""
+    from ..models import NullContextEps
+    from .denoiser import denoiser_loss, encode_images
+    from .loop import random_batch, scheduled_lr, set_lr
+    from .vae import normalised_images
+
+    n_steps = resolve_n_steps(cfg, len(images), n_steps)
+    rt = runtime or Runtime()
+    vae = freeze(vae).to(rt.device)
+    images = normalised_images(images.to(rt.device), cfg, seed)
+    latents = encode_images(vae, images)
+    if cfg.get("flip"):
+        latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
+    denoiser = freeze(denoiser).to(rt.device)
+    lora_params = add_lora(denoiser, adapter, int(cfg["rank"]), cfg.get("alpha"),
+                           cfg.get("targets") or DEFAULT_TARGETS, seed=seed)
+    denoiser = denoiser.to(rt.device)
+    eps_model = NullContextEps(denoiser, null.to(rt.device))
+    opt = torch.optim.AdamW(list(lora_params.values()), lr=float(cfg["lora_lr"]), weight_decay=0.0)
+    abar = base_alphas_cumprod()
+    crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
+    counts = {"adapter_parameters": count_parameters(lora_params), "control_parameters": 0}
+    counts["trainable_parameters"] = counts["adapter_parameters"]
+    info = {"adapter": adapter, "rank": int(cfg["rank"]),
+            "alpha": float(cfg["alpha"] if cfg.get("alpha") is not None else cfg["rank"]),
+            "targets": list(cfg.get("targets") or DEFAULT_TARGETS), "loss": "denoiser epsilon",
+            "control": "none (the denoiser alone)", "contrasts": cfg.get("contrasts"),
+            "n_images": int(len(images)), **counts}
+    cfg_lr = {**cfg, "lr": float(cfg["lora_lr"])}
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        set_lr(opt, scheduled_lr(cfg_lr, step, n_steps))
+        z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
+        loss = denoiser_loss(eps_model, z, abar, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    def save_final(d: Path) -> None:
+        save_lora(denoiser, adapter, d)
+        (d / "lora.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    return train(step_fn, {"lora": AdapterState(denoiser, adapter)}, {"opt": opt}, ckpt_dir, n_steps,
+                 seed, save_final, int(cfg["ckpt_every"]), log, adapter, cfg, stop_after=stop_after,
+                 runtime=rt, meta_extra=lambda: info)
+
+
 def run_lora_stage(stage: str, manifest: str | Path, images: torch.Tensor, cfg: Mapping[str, Any],
                    out_dir: str | Path, deps: Mapping[str, Path], sd_path: str | None, seed: int,
                    runtime: Runtime | None = None) -> dict[str, Any]:
@@ -158,12 +230,16 @@ def run_lora_stage(stage: str, manifest: str | Path, images: torch.Tensor, cfg: 
 
     if stage not in LORA_STAGES:
         raise LdpmInputError(f"stage {stage!r}", "is not a LoRA stage", f"use one of: {', '.join(LORA_STAGES)}")
-    needed = ["sketcher", "vae", *(["controlnet"] if stage in LORA_GROUP_STAGES else [])]
+    needed = (["vae"] if stage in LORA_EPS_STAGES else
+              ["sketcher", "vae", *(["controlnet"] if stage in LORA_GROUP_STAGES else [])])
     for name in needed:
         if name not in deps:
             raise LdpmInputError("ldpm train", f"the {name} checkpoint folder is missing",
                                  f"pass --dep {name}=<folder>")
     denoiser, null = load_prior(deps, sd_path)
+    if stage in LORA_EPS_STAGES:
+        return train_lora_eps(group_images(manifest, cfg["contrasts"]), cfg, out_dir,
+                              load_vae(deps["vae"]), denoiser, null, stage, seed=seed, runtime=runtime)
     if stage in LORA_JOINT_STAGES:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the controlnet stage's initialisation

@@ -84,6 +84,7 @@ rule test_shard:
         "results/logs/test_shard/{shard}.log",
     conda:
         ENV
+    priority: 25  # every test reconstruction waits for it
     shell:
         "python -m ldpm.cli test-shard --manifest {input:q} --shard {wildcards.shard:q} --n-shards {params.n:q}"
         " --output {output:q} --acceleration {params.acc:q} --center-fraction {params.cf:q}"

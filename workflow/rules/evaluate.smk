@@ -17,6 +17,7 @@ rule reference_features:
     conda:
         ENV
     threads: 1
+    priority: 8  # before the OOD set's jobs (every evaluate waits for it)
     shell:
         "OMP_NUM_THREADS={threads:q} python -m ldpm.cli reference-features --data {input.data:q}"
         " --inception-weights {params.inception} --output {output:q} > {log:q} 2>&1"
@@ -46,6 +47,7 @@ rule evaluate:
     conda:
         ENV
     threads: 1
+    priority: 8  # before the OOD set's jobs
     shell:
         "OMP_NUM_THREADS={threads:q} python -m ldpm.cli evaluate --method {wildcards.method:q} --recon {input.recon:q}"
         " --data {input.data:q} --manifest {input.manifest:q} --out-dir results/metrics/{wildcards.method:q}"

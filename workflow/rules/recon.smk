@@ -50,4 +50,5 @@ if OOD_METHODS:
             "results/logs/reconstruct/{method}_ood.log",
         benchmark:
             "results/benchmarks/reconstruct/{method}_ood.tsv"
-        priority: 5
+        # after the test set's reconstructions and evaluations: the OOD set fills idle cores
+        priority: 2

@@ -63,6 +63,7 @@ rule vae_recon:
     conda:
         ENV
     threads: 1
+    priority: 8  # before the OOD set's jobs
     resources:
         gpu=1,
     shell:
@@ -96,6 +97,7 @@ rule evaluate_vae:
     conda:
         ENV
     threads: 1
+    priority: 8
     shell:
         "OMP_NUM_THREADS={threads:q} python -m ldpm.cli evaluate --method vae_{wildcards.kind:q} --recon {input.recon:q}"
         " --data {input.recon:q} --manifest {input.manifest:q} --out-dir results/metrics/vae_{wildcards.kind:q}"
