@@ -7,7 +7,7 @@ The paper's cost claim at its own settings (320 x 320, the paper preset's networ
 N = 2000, LDPM at the paper preset's DSS steps), in one command on a CPU:
 
     python benchmarks/bench_methods.py --preset paper --size 320 --repeats 1 --score-mri-steps 10 \
-        --ldpm-steps 2
+        --ldpm-steps 2 --baselines score_mri
 
 Reference: LDPM's Dual-Stage Sampler. Printed: median seconds per slice of each method, the
 ratio to one plain respaced-DDPM run of the same LDPM networks (the w/o DSS path), the ratio of
@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--score-mri-steps", type=int, default=None,
                     help="time Score-MRI over this many of its N predictor-corrector levels and "
                          "extrapolate linearly to N (each level costs the same)")
+    ap.add_argument("--baselines", nargs="*", default=["unet", "varnet", "swinmr", "score_mri"],
+                    choices=["unet", "varnet", "swinmr", "score_mri"],
+                    help="the baselines to time (the paper's cost claim needs only score_mri)")
     ap.add_argument("--ldpm-steps", type=int, default=None,
                     help="time LDPM's samplers over this many steps of each kind (t > p, t <= p) "
                          "and extrapolate to the preset's steps")
@@ -215,18 +218,25 @@ def main() -> None:
             ds.kspace_guidance = real_guidance
         return {name: (sec, calls) for name, (sec, calls) in clock.items()}
 
-    rows = {"LDPM (DSS)": ldpm_seconds(True), "plain spaced DDPM (same nets)": ldpm_seconds(False)}
+    rows: dict[str, float] = {}
+
+    def measured(name: str, sec: float) -> None:
+        rows[name] = sec
+        print(f"measured {name}: {sec:.3f} s/slice", flush=True)  # a long run leaves its partial results
+
+    measured("LDPM (DSS)", ldpm_seconds(True))
+    measured("plain spaced DDPM (same nets)", ldpm_seconds(False))
     configs = DEFAULT_CONFIGS if a.preset == "default" else PAPER_CONFIGS
     n_score = int(configs["score_mri"]["sampler"]["n_steps"])  # the preset's N
     k_score = min(a.score_mri_steps or n_score, n_score)
-    for name in ("unet", "varnet", "swinmr", "score_mri"):
+    for name in a.baselines:
         cfg = configs[name]
         if name == "score_mri":
             cfg = {**cfg, "sampler": {**cfg["sampler"], "n_steps": k_score}}
         model = build_baseline(name, cfg).to(dev).eval()
-        rows[name] = timed(lambda: reconstruct(name, model, cfg, k_np, mask, {"seed": 0}),
-                           a.repeats, "cpu")  # baselines' reconstruct runs on the CPU tensors
-    rows["score_mri"] *= n_score / k_score
+        sec = timed(lambda: reconstruct(name, model, cfg, k_np, mask, {"seed": 0}),
+                    a.repeats, "cpu")  # baselines' reconstruct runs on the CPU tensors
+        measured(name, sec * (n_score / k_score if name == "score_mri" else 1.0))
     ref = rows["LDPM (DSS)"]
     print(f"device: {a.device} ({torch.cuda.get_device_name() if a.device == 'cuda' else 'CPU'}), "
           f"torch threads: {torch.get_num_threads()}, slice {a.size}x{a.size}, "
@@ -235,11 +245,12 @@ def main() -> None:
     for name, sec in rows.items():
         print(f"{name:32s} {sec:10.3f} {sec / ref:14.2f}")
     print(f"DSS / plain spaced DDPM: {ref / rows['plain spaced DDPM (same nets)']:.2f}")
-    measured = "" if k_score == n_score else f", timed over {k_score} levels and extrapolated linearly"
-    ldpm_measured = ("" if not a.ldpm_steps or a.ldpm_steps >= n_steps else
-                     f", timed over {a.ldpm_steps} steps of each kind and extrapolated")
-    print(f"Score-MRI / LDPM: {rows['score_mri'] / ref:.2f} (Score-MRI at N={n_score}{measured}; "
-          f"LDPM at {n_steps} DSS steps{ldpm_measured})")
+    score_note = "" if k_score == n_score else f", timed over {k_score} levels and extrapolated linearly"
+    ldpm_note = ("" if not a.ldpm_steps or a.ldpm_steps >= n_steps else
+                 f", timed over {a.ldpm_steps} steps of each kind and extrapolated")
+    if "score_mri" in rows:
+        print(f"Score-MRI / LDPM: {rows['score_mri'] / ref:.2f} (Score-MRI at N={n_score}{score_note}; "
+              f"LDPM at {n_steps} DSS steps{ldpm_note})")
     if a.batch_sizes:
         per_slice = {b: timed(partial(ldpm_batch, b), a.repeats, a.device) / b for b in a.batch_sizes}
         base = per_slice.get(1) or per_slice[min(per_slice)]

@@ -48,6 +48,38 @@ def denoiser_loss(eps_model: torch.nn.Module, z: torch.Tensor, abar: torch.Tenso
     return F.mse_loss(eps_model(z_t, t), eps)
 
 
+def training_latents(vae: AutoencoderKL, images: torch.Tensor, cfg: Mapping[str, Any],
+                     seed: int) -> torch.Tensor:
+    """The latents a denoiser trains on: ``E(x / max |x_u|)`` of every image (the intensity scale
+    of reconstruction) and, with ``flip``, of its mirror image."""
+    images = normalised_images(images, cfg, seed)
+    latents = encode_images(vae, images)
+    if cfg.get("flip"):
+        latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
+    return latents
+
+
+def denoiser_step_fn(eps_model: torch.nn.Module, latents: torch.Tensor, cfg: Mapping[str, Any],
+                     opt: torch.optim.Optimizer, n_steps: int, rt: Runtime, after_step=None):
+    """One training step of the ε-loss on a seeded batch of ``latents`` (``cfg``: ``lr``,
+    ``lr_schedule``, ``batch_size``, ``crop`` in pixels); ``after_step(step)`` runs after the update."""
+    abar = base_alphas_cumprod()
+    crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+        set_lr(opt, scheduled_lr(cfg, step, n_steps))
+        z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
+        loss = denoiser_loss(eps_model, z, abar, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        return {"loss": loss.item()}
+
+    return step_fn
+
+
 def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
                    vae: AutoencoderKL, seed: int = 0, n_steps: int | None = None,
                    log: bool = True, stop_after: int | None = None,
@@ -59,11 +91,7 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     rt = runtime or Runtime()
     vae = vae.eval().requires_grad_(False).to(rt.device)
-    images = images.to(rt.device)
-    images = normalised_images(images, cfg, seed)  # the intensity scale of reconstruction
-    latents = encode_images(vae, images)
-    if cfg.get("flip"):
-        latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
+    latents = training_latents(vae, images.to(rt.device), cfg, seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = build_denoiser(cfg.get("model")).to(rt.device)
@@ -71,19 +99,8 @@ def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir
     average = WeightAverage(unet, cfg, modules)
     null = null_text_embedding(unet).to(rt.device)
     eps_model = NullContextEps(unet, null)
-    abar = base_alphas_cumprod()
     opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["lr"]), weight_decay=0.0)
-    crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
-
-    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        set_lr(opt, scheduled_lr(cfg, step, n_steps))
-        z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
-        loss = denoiser_loss(eps_model, z, abar, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        average.update(step)
-        return {"loss": loss.item()}
+    step_fn = denoiser_step_fn(eps_model, latents, cfg, opt, n_steps, rt, average.update)
 
     def save_final(d: Path) -> None:
         average.weights.save_pretrained(d, safe_serialization=True)

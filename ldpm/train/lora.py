@@ -176,25 +176,17 @@ def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str |
     ε-loss on the latents of ``images`` divided by ``max |x_u|`` (and their mirror images if
     ``flip``), as the ``denoiser`` stage trains; returns the loop's meta dict."""
     from ..models import NullContextEps
-    from .denoiser import denoiser_loss, encode_images
-    from .loop import random_batch, scheduled_lr, set_lr
-    from .vae import normalised_images
+    from .denoiser import denoiser_step_fn, training_latents
 
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     rt = runtime or Runtime()
-    vae = freeze(vae).to(rt.device)
-    images = normalised_images(images.to(rt.device), cfg, seed)
-    latents = encode_images(vae, images)
-    if cfg.get("flip"):
-        latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
+    latents = training_latents(freeze(vae).to(rt.device), images.to(rt.device), cfg, seed)
     denoiser = freeze(denoiser).to(rt.device)
     lora_params = add_lora(denoiser, adapter, int(cfg["rank"]), cfg.get("alpha"),
                            cfg.get("targets") or DEFAULT_TARGETS, seed=seed)
     denoiser = denoiser.to(rt.device)
     eps_model = NullContextEps(denoiser, null.to(rt.device))
     opt = torch.optim.AdamW(list(lora_params.values()), lr=float(cfg["lora_lr"]), weight_decay=0.0)
-    abar = base_alphas_cumprod()
-    crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
     counts = {"adapter_parameters": count_parameters(lora_params), "control_parameters": 0}
     counts["trainable_parameters"] = counts["adapter_parameters"]
     info = {"adapter": adapter, "rank": int(cfg["rank"]),
@@ -202,16 +194,8 @@ def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str |
             "targets": list(cfg.get("targets") or DEFAULT_TARGETS), "loss": "denoiser epsilon",
             "control": "none (the denoiser alone)", "contrasts": cfg.get("contrasts"),
             "n_images": int(len(images)), **counts}
-    cfg_lr = {**cfg, "lr": float(cfg["lora_lr"])}
-
-    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
-        set_lr(opt, scheduled_lr(cfg_lr, step, n_steps))
-        z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
-        loss = denoiser_loss(eps_model, z, abar, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.item()}
+    step_fn = denoiser_step_fn(eps_model, latents, {**cfg, "lr": float(cfg["lora_lr"])}, opt,
+                               n_steps, rt)
 
     def save_final(d: Path) -> None:
         save_lora(denoiser, adapter, d)
