@@ -91,6 +91,17 @@ def named_args(flag, pairs) -> str:
     return " ".join(f"{flag} {quoted(f'{name}={path}')}" for name, path in pairs)
 
 
+def method_models(wildcards):
+    """The trained stages a method's job reads: each stage's ``final/`` folder."""
+    return [f"results/models/{s}/final" for s in method_stages(wildcards.method, WITH_SD)]
+
+
+def method_checkpoints(wildcards):
+    """``--checkpoint STAGE=results/models/STAGE`` for each stage the method reconstructs with."""
+    return named_args("--checkpoint", ((s, f"results/models/{s}")
+                                       for s in method_stages(wildcards.method, WITH_SD)))
+
+
 def multicoil_inputs(method, manifest=f"{DATA}/manifest.csv"):
     """What a multicoil method's reconstruct job reads besides its shard: the manifest (which
     leads to the raw files) and the configured weights."""

@@ -59,14 +59,13 @@ rule val_score:
     """Score one method on the val split (tuning: docs/tuning.md); the test split is not read."""
     input:
         manifest=f"{DATA}/manifest.csv",
-        models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
+        models=method_models,
     output:
         summary="results/val/{method}/summary.json",
     wildcard_constraints:
         method="|".join(m for m in RECON_METHODS if m not in MULTICOIL_METHODS),
     params:
-        checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
-                                                           for s in method_stages(wc.method, WITH_SD))),
+        checkpoints=method_checkpoints,
         options=lambda wc: as_json({**method_options(wc.method, config["inference"]),
                                     "sd_path": config["pretrained"].get("sd_path")}),
         masks=as_json(config["masks"]),

@@ -5,7 +5,7 @@ rule reconstruct:
     """One method on one test shard."""
     input:
         data=f"{DATA}/test/shard{{shard}}.h5",
-        models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
+        models=method_models,
         # a multicoil method reads the raw k-space (found through the manifest) and its weights
         multicoil=lambda wc: multicoil_inputs(wc.method),
     output:
@@ -13,8 +13,7 @@ rule reconstruct:
     wildcard_constraints:
         method="|".join(RECON_METHODS),
     params:
-        checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
-                                                           for s in method_stages(wc.method, WITH_SD))),
+        checkpoints=method_checkpoints,
         options=lambda wc: recon_options(wc.method),
     log:
         "results/logs/reconstruct/{method}_{shard}.log",
@@ -36,15 +35,14 @@ if OOD_METHODS:
     use rule reconstruct as reconstruct_ood with:
         input:
             data=f"{OOD}/test/shard0.h5",
-            models=lambda wc: [f"results/models/{s}/final" for s in method_stages(wc.method, WITH_SD)],
+            models=method_models,
             multicoil=lambda wc: multicoil_inputs(wc.method, f"{OOD}/manifest.csv"),
         output:
             "results/recon/{method}/ood.h5",
         wildcard_constraints:
             method="|".join(OOD_METHODS),
         params:
-            checkpoints=lambda wc: named_args("--checkpoint", ((s, f"results/models/{s}")
-                                                               for s in method_stages(wc.method, WITH_SD))),
+            checkpoints=method_checkpoints,
             options=lambda wc: recon_options(wc.method, f"{OOD}/manifest.csv"),
         log:
             "results/logs/reconstruct/{method}_ood.log",
