@@ -65,8 +65,9 @@ def _stage_presets():
 
 
 def test_stage_schemas_have_exactly_the_presets_keys():
+    """... and the streaming stages the run keys (loader, grad_accum, ...) besides."""
     from ldpm.config import load_schema
-    from ldpm.train.stages import STAGES
+    from ldpm.train.stages import RUN_KEYS, STAGES, STREAM_STAGES
 
     schema = load_schema()
     stages = schema["properties"]["train"]["properties"]["stages"]["properties"]
@@ -74,7 +75,10 @@ def test_stage_schemas_have_exactly_the_presets_keys():
     for preset, configs in _stage_presets().items():
         for stage in STAGES:
             ref = stages[stage]["$ref"].rsplit("/", 1)[-1]
-            assert set(schema["$defs"][ref]["properties"]) == set(configs[stage]), (preset, stage)
+            run_keys = set(RUN_KEYS) if stage in STREAM_STAGES else set()
+            assert not run_keys & set(configs[stage]), (preset, stage)
+            assert set(schema["$defs"][ref]["properties"]) == set(configs[stage]) | run_keys, \
+                (preset, stage)
 
 
 def test_every_preset_value_is_a_valid_override():

@@ -135,9 +135,9 @@ def test_load_split_and_dataset(manifest):
     x = ds[3]
     assert x.shape == (1, 16, 16) and x.dtype == torch.float32
     np.testing.assert_array_equal(x[0].numpy(), targets[3])
-    assert len(ds._cache) == 1
-    ds[2]  # same volume as slice 3: no new store read
-    assert len(ds._cache) == 1
+    assert len(ds._files) == 1  # only the store of slice 3 is open
+    ds[2]  # same volume as slice 3: no other store opened
+    assert len(ds._files) == 1
     normed = SliceDataset(manifest, "train", normalize=True)[3]
     assert torch.allclose(normed, x / rows["volume_max"][3])
     with pytest.raises(LdpmInputError, match="unknown split"):

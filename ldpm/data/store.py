@@ -39,7 +39,8 @@ SPLITS = ("train", "val", "test")
 _STORE_ATTRS = ("volume", "source_file", "anatomy", "contrast", "field_strength", "subject",
                 "crop_width")
 _STR = h5py.string_dtype("utf-8")
-_REBUILD_STORE = "rebuild it with the preprocess step (ldpm preprocess)"
+#: the fix named when a slice store is missing, unreadable or malformed
+REBUILD_STORE = "rebuild it with the preprocess step (ldpm preprocess)"
 _REBUILD_SHARD = "rebuild it with the test-shard step (ldpm test-shard)"
 
 
@@ -86,17 +87,17 @@ def _subject_groups(df: pd.DataFrame) -> dict[str, tuple]:
 
 
 def _store_rows(store: Path, manifest_dir: Path) -> list[dict[str, Any]]:
-    with open_hdf5(store, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+    with open_hdf5(store, "slice store", "run the preprocess step first", REBUILD_STORE) as f:
         missing = [k for k in (*_STORE_ATTRS, "volume_max") if k not in f.attrs]
         if missing or "slice_index" not in f:
             raise LdpmInputError(store, f"is not a slice store (no {missing or 'slice_index'})",
-                                 _REBUILD_STORE)
+                                 REBUILD_STORE)
         attrs = {k: f.attrs[k] for k in (*_STORE_ATTRS, "volume_max")}
         slices = f["slice_index"][()]
     for key in ("volume_max", "field_strength"):
         if not _positive(attrs[key]):
             raise LdpmInputError(store, f"{key} is {attrs[key]}, not a positive number",
-                                 _REBUILD_STORE)
+                                 REBUILD_STORE)
     stored = _relative_to(store, manifest_dir)
     folder = _source_path(store, attrs["source_file"]).parent.name
     return [{"volume": str(attrs["volume"]), "source_folder": folder, "slice": int(s), "subject": str(attrs["subject"]),
@@ -280,28 +281,28 @@ def raw_sources(manifest_csv: str | Path, volumes: Sequence[str] | None = None) 
     out: dict[str, Path] = {}
     for volume, store in df[["volume", "store"]].itertuples(index=False):
         path = _resolve_store(str(store), manifest_csv)
-        with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+        with open_hdf5(path, "slice store", "run the preprocess step first", REBUILD_STORE) as f:
             if "source_file" not in f.attrs:
-                raise LdpmInputError(path, "slice store has no source_file attr", _REBUILD_STORE)
+                raise LdpmInputError(path, "slice store has no source_file attr", REBUILD_STORE)
             out[str(volume)] = _source_path(path, f.attrs["source_file"])
     return out
 
 
 def _load_store(path: Path) -> tuple[np.ndarray, dict[int, int]]:
     """(targets [N, H, W], slice index -> row) of one store."""
-    with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+    with open_hdf5(path, "slice store", "run the preprocess step first", REBUILD_STORE) as f:
         if "target" not in f or "slice_index" not in f:
             raise LdpmInputError(path, "is not a slice store (no 'target' or 'slice_index')",
-                                 _REBUILD_STORE)
+                                 REBUILD_STORE)
         targets = f["target"][()]
         slices = f["slice_index"][()]
     if targets.ndim != 3 or slices.shape != (len(targets),):
         raise LdpmInputError(path, f"target {targets.shape} and slice_index {slices.shape} "
-                             "do not match", _REBUILD_STORE)
+                             "do not match", REBUILD_STORE)
     finite = np.isfinite(targets).all(axis=(1, 2))
     if not finite.all():
         raise LdpmInputError(path, f"target of slice {int(slices[~finite][0])} contains NaN "
-                             "or inf", _REBUILD_STORE)
+                             "or inf", REBUILD_STORE)
     rows = {int(s): i for i, s in enumerate(slices)}
     return targets, rows
 
@@ -326,10 +327,19 @@ def _gather_targets(rows: pd.DataFrame, manifest_csv: str | Path,
 
 def _image_shape(df: pd.DataFrame, manifest_csv: str | Path) -> tuple[int, int]:
     path = _resolve_store(str(df["store"].iloc[0]), manifest_csv)
-    with open_hdf5(path, "slice store", "run the preprocess step first", _REBUILD_STORE) as f:
+    with open_hdf5(path, "slice store", "run the preprocess step first", REBUILD_STORE) as f:
         if "target" not in f or f["target"].ndim != 3:
-            raise LdpmInputError(path, "is not a slice store (no 3-D 'target')", _REBUILD_STORE)
+            raise LdpmInputError(path, "is not a slice store (no 3-D 'target')", REBUILD_STORE)
         return tuple(f["target"].shape[1:])  # type: ignore[return-value]
+
+
+def split_rows(manifest_csv: str | Path, split: str) -> pd.DataFrame:
+    """The manifest rows of one split, sorted by (volume, slice), ``store`` resolved: the
+    order of :func:`load_split`'s targets."""
+    df = read_manifest(manifest_csv)
+    if df.empty:
+        raise LdpmInputError(manifest_csv, "manifest is empty", "rebuild it")
+    return _select_split(df, split, manifest_csv)
 
 
 def load_split(manifest_csv: str | Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:

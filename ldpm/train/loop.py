@@ -3,12 +3,16 @@
 Determinism: the randomness of step ``i`` (batch indices, crops, masks, noise, timesteps) comes
 only from :func:`step_generator` ``(seed, i)``, so resuming needs nothing but the weights and
 optimizer states saved in ``last.pt``: a run interrupted after k steps and resumed to n gives
-the same weights, bit for bit on CPU, as an uninterrupted n-step run.
+the same weights, bit for bit on CPU, as an uninterrupted n-step run. A stage that streams its
+images (:class:`ldpm.data.dataset.SliceStream`, config ``loader: stream``) reads them in the
+stream's seeded epoch order instead of drawing indices, and its position is saved in
+``last.pt`` too.
 
 Layout of ``ckpt_dir``::
 
-    last.pt     modules + optimizers + step + log rows (torch.save of tensors, dicts, lists,
-                numbers and strings only, read back with ``weights_only=True``), written atomically
+    last.pt     modules + optimizers + step + log rows (+ the stream's position when streaming;
+                torch.save of tensors, dicts, lists, numbers and strings only, read back with
+                ``weights_only=True``), written atomically
     log.csv     step,loss,... one row per step
     meta.json   stage, config, seed, steps, notes (e.g. "VGG term off: ...")
     final/      what the next stage loads (written by the stage's ``save_final``, atomically)
@@ -39,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.dataset import SliceStream
 from ..errors import LdpmInputError
 from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
 from ..logs import warnings_once
@@ -87,47 +92,53 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
     return out
 
 
-def random_batch(images: torch.Tensor, batch_size: int, crop: int | None,
+def random_batch(images: torch.Tensor | SliceStream, batch_size: int, crop: int | None,
                  generator: torch.Generator,
                  augment: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """``batch_size`` images drawn with replacement, augmented (:func:`augment_images`; none by
-    default), then randomly cropped to ``crop`` (None: whole)."""
+    """``batch_size`` images drawn with replacement (from a :class:`SliceStream`: its next
+    ``batch_size``), augmented (:func:`augment_images`; none by default), then randomly cropped
+    to ``crop`` (None: whole)."""
     n, _, h, w = images.shape
-    idx = torch.randint(n, (batch_size,), generator=generator)
+    stream = isinstance(images, SliceStream)
+    if not stream:
+        idx = torch.randint(n, (batch_size,), generator=generator)
     whole = crop is None or (crop >= h and crop >= w)
     if not whole:
         ch, cw = min(crop, h), min(crop, w)
         tops = torch.randint(h - ch + 1, (batch_size,), generator=generator).tolist()
         lefts = torch.randint(w - cw + 1, (batch_size,), generator=generator).tolist()
-    x = augment_images(images[idx.to(images.device)], augment, generator)  # indexing copies
+    picked = images.next_batch(batch_size) if stream else images[idx.to(images.device)]  # copies
+    x = augment_images(picked, augment, generator)
     if whole:
         return x
     return torch.stack([x[j, :, t:t + ch, l:l + cw] for j, (t, l) in enumerate(zip(tops, lefts))])
 
 
 def undersampled_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,
-                       step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample 1-D random masks seeded ``(seed, step, i)``: returns ``(|x_u|, k_u, mask)``.
+                       step: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample 1-D random masks seeded ``(seed, step, first + i)``: returns ``(|x_u|, k_u,
+    mask)`` (``first``: the position of ``x[0]`` in the step's batch, for a micro-batch).
 
     ``k_u = M F(x)`` (eq. 1), ``x_u = F^-1(k_u)``; ``mask`` is [B, 1, 1, W].
     """
     func = RandomMaskFunc([center_fraction], [acceleration])
     w = x.shape[-1]
-    masks = np.stack([func(w, seed=(int(seed) & 0xFFFFFFFF, int(step), i)) for i in range(x.shape[0])])
+    masks = np.stack([func(w, seed=(int(seed) & 0xFFFFFFFF, int(step), first + i))
+                      for i in range(x.shape[0])])
     mask = torch.from_numpy(masks).to(x.device).view(x.shape[0], 1, 1, w)
     k_u = undersample(x, mask)
     return ifft2c(k_u).abs().to(x.dtype), k_u, mask
 
 
 def make_batch(x: torch.Tensor, acceleration: int, center_fraction: float, seed: int,
-               step: int) -> dict[str, torch.Tensor]:
+               step: int, first: int = 0) -> dict[str, torch.Tensor]:
     """Undersample the whole images ``x`` [B, 1, H, W] with the test geometry (masks seeded
-    ``(seed, step, i)``), then normalise everything by ``s`` (:func:`measurement_scale`).
+    ``(seed, step, first + i)``), then normalise everything by ``s`` (:func:`measurement_scale`).
 
     Keys: ``target`` [B, 1, H, W], ``x_u`` (zero-filled magnitude) [B, 1, H, W], ``k_u``
     [B, H, W] complex, ``mask`` [B, W], ``scale`` [B, 1, 1, 1]; all divided by ``scale``.
     """
-    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step)
+    x_u, k_u, mask = undersampled_batch(x, acceleration, center_fraction, seed, step, first)
     s = measurement_scale(x_u)
     return {"target": x / s, "x_u": x_u / s, "k_u": k_u[:, 0] / s[:, 0], "mask": mask[:, 0, 0],
             "scale": s}
@@ -192,6 +203,40 @@ def resolve_n_steps(cfg: Mapping[str, Any], n_images: int, n_steps: int | None =
     if cfg.get("epochs") is not None:
         return max(1, math.ceil(cfg["epochs"] * n_images / cfg["batch_size"]))
     raise LdpmInputError("train config", "neither n_steps nor epochs is set", "set one of them")
+
+
+def micro_generators(generator: torch.Generator, accum: int) -> list[torch.Generator]:
+    """The generators of a step's ``accum`` micro-batches: ``[generator]`` itself for one, else
+    one per micro-batch, each seeded from a draw of ``generator`` (a pure function of it)."""
+    if accum == 1:
+        return [generator]
+    seeds = torch.randint(2 ** 62, (accum,), generator=generator).tolist()
+    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
+def accumulate(micro_loss: Callable[[int, torch.Generator], torch.Tensor], accum: int,
+               generator: torch.Generator) -> float:
+    """Backpropagate the mean of ``micro_loss(j, g_j)`` over ``j < accum`` (gradient
+    accumulation: ``g_j`` from :func:`micro_generators`, one backward pass per micro-batch,
+    each loss divided by ``accum``); returns the mean loss. With micro-batches of ``b / accum``
+    samples and a mean loss, the gradients are those of one batch of ``b`` up to rounding."""
+    total = 0.0
+    for j, g in enumerate(micro_generators(generator, accum)):
+        loss = micro_loss(j, g)
+        (loss if accum == 1 else loss / accum).backward()
+        total += loss.item()
+    return total / accum
+
+
+def micro_batch(runtime: Runtime, batch_size: int, accum: int) -> int:
+    """The samples of one micro-batch: this rank's share of ``batch_size`` over ``accum``."""
+    local = runtime.local_batch(batch_size)
+    if local % accum:
+        raise LdpmInputError(f"batch_size {batch_size}", f"does not split into grad_accum {accum} "
+                             f"micro-batches of equal size ({local} samples on each of "
+                             f"{runtime.world_size} ranks)",
+                             f"use a batch_size that is a multiple of {accum * runtime.world_size}")
+    return local // accum
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -324,8 +369,9 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-#: config keys that may change between a run and its resumption (they set only its length)
-LENGTH_KEYS = ("n_steps", "epochs", "ckpt_every")
+#: config keys that may change between a run and its resumption (they set only its length, or
+#: how many processes read its data)
+LENGTH_KEYS = ("n_steps", "epochs", "ckpt_every", "loader_workers")
 
 
 def _resumable(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -358,7 +404,7 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
           log: bool = True, stage: str = "train", config: Mapping[str, Any] | None = None,
           notes: Iterable[str] = (), stop_after: int | None = None,
           meta_extra: Callable[[], Mapping[str, Any]] | None = None,
-          runtime: Runtime | None = None) -> dict[str, Any]:
+          runtime: Runtime | None = None, loader: SliceStream | None = None) -> dict[str, Any]:
     """Run ``step_fn(step, runtime.generator(seed, step))`` for steps ``[start, n_steps)``.
 
     ``step_fn`` does the forward/backward/optimizer update and returns scalars to log (``loss``
@@ -370,6 +416,9 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
     ``runtime`` (default: one process on the CPU): with several data-parallel ranks, gradients
     are averaged before every optimizer step, logged scalars are averaged, and only rank 0
     writes files (:mod:`ldpm.train.runtime`). ``modules`` must already be on its device.
+
+    ``loader``: the :class:`SliceStream` the step function reads, if any; its position is saved
+    in ``last.pt`` and restored on resume.
     """
     rt = runtime or Runtime()
     ckpt_dir = Path(ckpt_dir)
@@ -394,6 +443,12 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
                 o.load_state_dict(ckpt["optimizers"][name])
             start, rows = int(ckpt["step"]), list(ckpt["rows"])
             seconds = float(ckpt.get("seconds", 0.0))
+            if (loader is None) != ("loader" not in ckpt):
+                raise LdpmInputError(last, "was written by a run that read its images " + (
+                    "from a stream (loader: stream)" if loader is None else "from memory"),
+                    "delete the checkpoint folder, or train with the loader it was written with")
+            if loader is not None:
+                loader.load_state_dict(ckpt["loader"])
         if start > n_steps:
             raise LdpmInputError(last, f"holds {start} steps, more than the {n_steps} asked",
                                  "ask for at least as many steps, or delete the checkpoint folder")
@@ -409,6 +464,7 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
             "config": _jsonable(dict(config or {})),
             "modules": {k: m.state_dict() for k, m in modules.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            **({"loader": loader.state_dict()} if loader is not None else {}),
         }, last)
         _write_log(ckpt_dir / "log.csv", rows)
 

@@ -110,6 +110,30 @@ class Runtime:
             dist.barrier()
 
 
+#: the values of a stage's ``amp`` key: None (float32 throughout) or bf16 autocast on CUDA
+AMP_MODES = (None, "bf16")
+
+
+def autocast(amp: str | None, device: torch.device, where: str = "amp"):
+    """The context a training step's forward pass and loss run in: ``torch.autocast`` to
+    bfloat16 for ``amp == "bf16"`` on a CUDA device (convolutions and matrix products in bf16,
+    reductions and losses in float32; no gradient scaler is needed with bf16's float32
+    exponent range), else a context that changes nothing. ``bf16`` on another device is
+    refused, naming ``where``: CPU training stays float32 so that its results are reproducible
+    bit for bit."""
+    import contextlib
+
+    if amp not in AMP_MODES:
+        raise LdpmInputError(where, f"unknown value {amp!r}", "use bf16 or null")
+    if amp is None:
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise LdpmInputError(where, f"bf16 autocast needs a CUDA device, and this job trains on "
+                             f"{device.type}", "set it to null to train on the CPU in float32, "
+                             "or run the job where a GPU is visible")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
 def current_runtime(device: str = "auto") -> Runtime:
     """The runtime of this process: torchrun's rank (if launched by it) and ``device``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

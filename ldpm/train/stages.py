@@ -22,9 +22,17 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_prior
+from ..data.dataset import SliceDataset, SliceStream
 from ..data.store import load_split
 from ..errors import LdpmInputError
 from ..methods.graph import BASELINES as BASELINE_STAGES, LORA_STAGES, STAGES
+from .runtime import Runtime
+
+#: the stages that can stream their training images (``loader: stream``); they take the
+#: :data:`RUN_KEYS` besides their preset's keys (unset: the whole split in memory, one batch
+#: per step, float32)
+STREAM_STAGES = ("sketcher",)
+RUN_KEYS = ("loader", "loader_workers", "grad_accum", "amp")
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
@@ -41,6 +49,17 @@ def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
                              "add subjects or raise data.split_fractions.train")
     scale = rows["volume_max"].to_numpy(np.float32)[:, None, None]
     return torch.from_numpy(np.ascontiguousarray(targets / scale, dtype=np.float32))[:, None]
+
+
+def training_stream(manifest: str | Path, seed: int, runtime: Runtime,
+                    workers: int | None = None) -> SliceStream:
+    """The split's slices as :func:`training_images` gives them, streamed from their stores
+    for this data-parallel rank (:class:`ldpm.data.dataset.SliceStream`, sampler seeded by
+    ``seed``). ``workers``: DataLoader worker processes (None: 0 on the CPU, 4 on a GPU)."""
+    if workers is None:
+        workers = 4 if runtime.device.type == "cuda" else 0
+    return SliceStream(SliceDataset(manifest, "train", normalize=True), seed, runtime.rank,
+                       runtime.world_size, workers, runtime.device)
 
 
 def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
@@ -94,7 +113,21 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
 
     rt = current_runtime(device)
     cfg = stage_config(stage, overrides, preset, masks)
-    images = training_images(manifest)
+    if cfg.get("loader", "memory") == "stream":
+        images = training_stream(manifest, seed, rt, cfg.get("loader_workers"))
+    else:
+        images = training_images(manifest)
+    try:
+        _train(stage, images, manifest, out_dir, cfg, seed, deps, pretrained, rt)
+    finally:
+        if isinstance(images, SliceStream):
+            images.close()
+
+
+def _train(stage: str, images: torch.Tensor | SliceStream, manifest: str | Path,
+           out_dir: str | Path, cfg: dict[str, Any], seed: int, deps: Mapping[str, Path],
+           pretrained: Mapping[str, str | None], rt: Runtime) -> None:
+    """Run ``stage``'s training function on ``images`` (see :func:`run_stage`)."""
     sd_path = pretrained.get("sd_path") or None
     if stage in BASELINE_STAGES:
         from .baselines import train_baseline
