@@ -13,7 +13,7 @@ from ldpm.errors import LdpmInputError
 from ldpm.train.loop import accumulate, micro_generators, random_batch
 from ldpm.train.runtime import Runtime
 from ldpm.train.sketcher import train_sketcher
-from ldpm.train.stages import run_stage, training_images
+from ldpm.train.stages import run_stage, stage_config, training_images
 
 TINY = {"model": {"embed_dim": 8, "depths": [1], "num_heads": [2], "window_size": 8},
         "lr": 3e-3, "batch_size": 4, "crop": None, "ckpt_every": 2, "augment": None}
@@ -177,6 +177,14 @@ def test_run_keys_are_validated_and_bf16_is_refused_on_the_cpu(manifest, tmp_pat
     with pytest.raises(LdpmInputError, match="amp: bf16 autocast needs a CUDA device"):
         train_sketcher(torch.rand(4, 1, 16, 16), {**TINY, "amp": "bf16"}, tmp_path / "bf16",
                        n_steps=1, log=False, runtime=Runtime())
+
+
+def test_run_keys_at_their_defaults_leave_the_stage_config_as_it_is():
+    default = stage_config("sketcher", {}, "default")
+    assert stage_config("sketcher", {"loader": "memory", "loader_workers": None, "grad_accum": 1,
+                                     "amp": None}, "default") == default
+    assert stage_config("sketcher", {"loader": "stream"}, "default") == {**default,
+                                                                          "loader": "stream"}
 
 
 def test_run_stage_streams_without_loading_the_split(manifest, tmp_path, monkeypatch):

@@ -29,10 +29,12 @@ from ..methods.graph import BASELINES as BASELINE_STAGES, LORA_STAGES, STAGES
 from .runtime import Runtime
 
 #: the stages that can stream their training images (``loader: stream``); they take the
-#: :data:`RUN_KEYS` besides their preset's keys (unset: the whole split in memory, one batch
-#: per step, float32)
+#: :data:`RUN_KEYS` besides their preset's keys
 STREAM_STAGES = ("sketcher",)
-RUN_KEYS = ("loader", "loader_workers", "grad_accum", "amp")
+#: those keys and what a stage does without them (the whole split in memory, one batch per
+#: step, float32); :func:`stage_config` drops a key set to this value, so the stage config,
+#: its checkpoint and its ``meta.json`` are those of a run without it
+RUN_KEYS = {"loader": "memory", "loader_workers": None, "grad_accum": 1, "amp": None}
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
@@ -84,7 +86,8 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
         base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
     from ..config import training_masks, validate_stage_overrides
 
-    overrides = validate_stage_overrides(stage, overrides or {})
+    overrides = {k: v for k, v in validate_stage_overrides(stage, overrides or {}).items()
+                 if not (k in RUN_KEYS and v == RUN_KEYS[k])}
     return {**base, **overrides,
             "masks": training_masks({"masks": masks} if masks is not None else None)}
 
