@@ -43,7 +43,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the methods' per-slice progress ba
 import numpy as np  # noqa: E402
 import torch
 
-from ldpm.methods import measure
+from ldpm.methods import BASELINES, measure
 from ldpm.mri import ifft2c, mask_for_slice
 from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
 from ldpm.models import vae_decode, vae_encode
@@ -96,8 +96,7 @@ def main() -> None:
     ap.add_argument("--score-mri-steps", type=int, default=None,
                     help="time Score-MRI over this many of its N predictor-corrector levels and "
                          "extrapolate linearly to N (each level costs the same)")
-    ap.add_argument("--baselines", nargs="*", default=["unet", "varnet", "swinmr", "score_mri"],
-                    choices=["unet", "varnet", "swinmr", "score_mri"],
+    ap.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
                     help="the baselines to time (the paper's cost claim needs only score_mri)")
     ap.add_argument("--ldpm-steps", type=int, default=None,
                     help="time LDPM's samplers over this many steps of each kind (t > p, t <= p) "

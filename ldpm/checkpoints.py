@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .baselines import baseline
 from .errors import LdpmInputError
-from .methods.graph import BASELINES
 from .models.pretrained import (check_checkpoint_folder, load_safetensors_file, loading_checkpoint,
                                 read_json_file)
 
@@ -127,21 +127,9 @@ def load_controlnet(ckpt_dir: str | Path, denoiser):
     return _frozen(model)
 
 
-def check_baseline_name(name: str) -> None:
-    if name not in BASELINES:
-        raise LdpmInputError(f"baseline {name!r}", "unknown baseline", f"use one of {BASELINES}")
-
-
 def build_baseline(name: str, cfg: Mapping[str, Any]) -> nn.Module:
     """The network of baseline ``name`` from its stage config (``cfg['model']``)."""
-    from .models.score import ScoreNet
-    from .models.swinmr import SwinMR
-    from .models.unet import UnetRecon
-    from .models.varnet import VarNet
-
-    check_baseline_name(name)
-    cls = {"unet": UnetRecon, "varnet": VarNet, "swinmr": SwinMR, "score_mri": ScoreNet}[name]
-    return cls(cfg.get("model"))
+    return baseline(name).build(cfg)
 
 
 def load_baseline(ckpt: str | Path, expect: str | None = None) -> tuple[nn.Module, str, dict]:

@@ -39,11 +39,33 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 @lru_cache(maxsize=1)
 def _schema_cached(mtime: float) -> dict:
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        return with_baselines(yaml.safe_load(f))
+
+
+def with_baselines(schema: dict) -> dict:
+    """``schema`` with each trained baseline's parts from its module (:mod:`ldpm.baselines`):
+    its ``train.stages`` entry (``$defs/stage_<name>``: the keys of ``$defs/stage_baseline`` and
+    its own), its name among ``methods`` (after ``zero_filled``) and its ``inference`` block if
+    it takes one."""
+    from .baselines import baselines
+
+    props = schema["properties"]
+    defs = schema["$defs"]
+    stages = props["train"]["properties"]["stages"]["properties"]
+    methods = props["methods"]["items"]["enum"]
+    for i, (name, declared) in enumerate(baselines().items()):
+        defs[f"stage_{name}"] = {"type": "object", "additionalProperties": False, "properties": {
+            **defs["stage_baseline"]["properties"], **copy.deepcopy(dict(declared.schema))}}
+        stages[name] = {"$ref": f"#/$defs/stage_{name}"}
+        methods.insert(1 + i, name)
+        if declared.inference_schema is not None:
+            props["inference"]["properties"][name] = copy.deepcopy(dict(declared.inference_schema))
+    return schema
 
 
 def load_schema() -> dict:
-    """The config schema (a fresh copy, so callers may modify it)."""
+    """The config schema with the trained baselines' parts (:func:`with_baselines`; a fresh
+    copy, so callers may modify it)."""
     return copy.deepcopy(_schema_cached(SCHEMA_PATH.stat().st_mtime))
 
 

@@ -1,5 +1,6 @@
 """The training losses that are not one stage's own objective: SwinMR's, Score-MRI's denoising
-score matching, and fastMRI's SSIM loss (the U-Net / E2E-VarNet ``loss: ssim`` option).
+score matching, fastMRI's SSIM loss, and the U-Net's / E2E-VarNet's pixel loss (L1, or SSIM
+with ``loss: ssim``).
 
 SwinMR (``MRI_NPI.total_loss`` of ``ayanglab/SwinMR``): ``alpha * L_image + beta * L_freq + gamma * L_perc`` with
 alpha=15, beta=0.1, gamma=0.0025, where ``L_image`` is the Charbonnier loss (eps 1e-9),
@@ -95,3 +96,8 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win: int = 7, k1: float 
     vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
     s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
     return 1 - s.mean()
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str | None = "l1") -> torch.Tensor:
+    """``1 - SSIM`` (:func:`ssim_loss`) for ``kind == "ssim"``, else the mean absolute error."""
+    return ssim_loss(pred, target) if kind == "ssim" else (pred - target).abs().mean()

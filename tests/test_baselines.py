@@ -17,7 +17,8 @@ from ldpm.models.swinmr import SwinMR
 from ldpm.models.unet import UnetRecon
 from ldpm.models.varnet import VarNet, VarNetBlock
 from ldpm.mri import RandomMaskFunc, fft2c, undersample
-from ldpm.checkpoints import BASELINES, build_baseline, load_baseline
+from ldpm.checkpoints import build_baseline, load_baseline
+from ldpm.methods import BASELINES
 from ldpm.methods.baselines import reconstruct
 from ldpm.train.baselines import baseline_config, compute_loss, train_baseline
 from ldpm.train.loop import make_batch

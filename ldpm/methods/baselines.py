@@ -1,12 +1,13 @@
-"""Registry entries of the Table I baselines: the trained ``unet``, ``varnet``, ``swinmr``,
-``score_mri``, and ``unet_official``/``varnet_official`` (fastMRI's published multicoil weights,
-as the paper used; on the raw multicoil k-space of each test slice).
+"""Registry entries of the Table I baselines: each trained baseline of :mod:`ldpm.baselines`
+(``unet``, ``varnet``, ``swinmr``, ``score_mri``), and ``unet_official``/``varnet_official``
+(fastMRI's published multicoil weights, as the paper used; on the raw multicoil k-space of each
+test slice).
 
-Each method loads its model from ``checkpoints[name]`` (the training folder written by
-:func:`ldpm.train.baselines.train_baseline`, or its ``final/``; :mod:`ldpm.checkpoints`) and
-reconstructs every slice with :func:`reconstruct`. ``options``: ``batch_size``; for ``score_mri``
-also ``n_steps`` (N), ``snr``, ``n_corrector`` and ``seed``. Deterministic given the seed.
-Import this module to register them.
+Each trained baseline's method loads its model from ``checkpoints[name]`` (the training folder
+written by :func:`ldpm.train.baselines.train_baseline`, or its ``final/``;
+:mod:`ldpm.checkpoints`) and reconstructs every slice with :func:`reconstruct`. ``options``:
+``batch_size``, ``seed`` and the baseline's own (Score-MRI: ``n_steps`` (N), ``snr``,
+``n_corrector``, ``predictor``). Deterministic given the seed. Import this module to register them.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..baselines import baseline
 from ..checkpoints import load_baseline
 from ..data.fastmri import read_kspace_slices
 from ..data.store import raw_sources
 from ..errors import LdpmInputError
 from ..io import progress
-from ..models.score import sde_from_config
 from ..mri import center_crop, ifft2c, measurement_scale
-from ..sampling.score_pc import score_pc_sample
 from .graph import BASELINES
 from .registry import register
 
@@ -34,18 +34,17 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
                 mask: np.ndarray, options: Mapping[str, Any] | None = None) -> np.ndarray:
     """``k_u`` [N, H, W] complex, ``mask`` [N, W] -> magnitudes [N, H, W] float32.
 
-    ``options``: ``batch_size`` (8); Score-MRI: ``n_steps`` (N), ``snr``, ``n_corrector``,
-    ``predictor``, ``slice_seeds`` (one seed per slice; default: slice ``i`` of this call draws
-    its noise from ``(seed, i)``).
+    ``options``: ``batch_size`` (8), ``slice_seeds`` (one seed per slice, for a baseline that
+    samples; default: slice ``i`` of this call draws its noise from ``(seed, i)``), and the
+    baseline's own (:attr:`ldpm.baselines.Baseline.forward`).
     """
+    forward = baseline(name).forward
     opts = dict(options or {})
     dev = torch.device(opts.get("device", "cpu"))
     model = model.to(dev)
     k_all = torch.from_numpy(np.ascontiguousarray(k_u)).to(device=dev, dtype=torch.complex64)
     m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=torch.float32)
     bs = int(opts.get("batch_size", 8))
-    samp = {**(cfg.get("sampler") or {}), **{k: opts[k] for k in (
-        "n_steps", "snr", "n_corrector", "eps", "predictor") if k in opts}}
     seed = int(opts.get("seed", 0))
     slice_seeds = opts.get("slice_seeds") or [
         int(np.random.SeedSequence([seed & 0xFFFFFFFF, i]).generate_state(1)[0])
@@ -56,17 +55,9 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
             k, m = k_all[i0:i0 + bs], m_all[i0:i0 + bs]
             x_u = ifft2c(k).abs()[:, None]
             s = measurement_scale(x_u)
-            k, x_u = k / s[:, 0], x_u / s
-            if name == "varnet":
-                rec = model(k, m)
-            elif name == "score_mri":
-                gens = [torch.Generator().manual_seed(slice_seeds[i0 + j]) for j in range(len(k))]
-                rec = score_pc_sample(model, k, m, sde_from_config(cfg, int(samp.get("n_steps", 2000))),
-                                      float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
-                                      float(samp.get("eps", 1e-5)), gens,
-                                      str(samp.get("predictor", "reverse_diffusion"))).abs()[:, None]
-            else:
-                rec = model(x_u)
+            batch = {"k_u": k / s[:, 0], "mask": m, "x_u": x_u / s,
+                     "seeds": slice_seeds[i0:i0 + len(k)]}
+            rec = forward(model, batch, cfg, opts)
             out.append((rec * s)[:, 0].float().cpu().numpy())
             bar.update(len(k))
     h, w = k_all.shape[-2:]
@@ -83,7 +74,7 @@ def _make(name: str):
         return reconstruct(name, model, cfg, k_u, mask, options).astype(np.float32)
 
     method.__name__ = f"{name}_recon"
-    method.__doc__ = f"Trained {name} baseline (see ldpm.train.baselines)."
+    method.__doc__ = f"Trained {name} baseline (ldpm.baselines.{name})."
     return method
 
 

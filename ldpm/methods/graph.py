@@ -1,6 +1,8 @@
 """The graph of training stages and methods, torch-free: which stages exist, which stages each
 one starts from, which stages' checkpoints each method reconstructs with, and which config
-options it takes. The Snakefile, the trainers and the registry all ask this module.
+options it takes. The Snakefile, the trainers and the registry all ask this module. The trained
+baselines' names come from their declarations in :mod:`ldpm.baselines` (torch-free); a baseline
+or a multicoil method takes the config's ``inference.<name>`` block, if there is one.
 
 LoRA study (seed 003): ``lora_r4``/``lora_r16`` train an adapter and a fresh control branch
 jointly (the rank study); ``lora_t1``/``lora_t2`` one adapter per contrast group on the
@@ -16,14 +18,18 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from ..baselines import baselines
+from ..errors import LdpmInputError
+
 #: LDPM (Table I) and its Table II ablations
 LDPM_VARIANTS = ("ldpm", "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
 #: Table II's "Sketcher only" row: the condition c = |DC[R(x_u), k_u, M]| itself (eq. 2-3)
 SKETCHER_ONLY = "sketcher_only"
 #: Table II's rows besides LDPM, in the paper's order; every other configured method is a Table I row
 ABLATIONS = (SKETCHER_ONLY, "ldpm_wo_mrvae", "ldpm_wo_skm", "ldpm_wo_dss")
-#: the trained baselines of Table I (one training stage and one method each)
-BASELINES = ("unet", "varnet", "swinmr", "score_mri")
+#: the trained baselines of Table I, one module each in ldpm.baselines (one training stage and
+#: one method each, of the same name)
+BASELINES = tuple(baselines())
 #: methods that read the raw multicoil k-space of each test slice (``options["manifest"]``
 #: leads to the volumes' source files) instead of the single-coil ``k_u``; no training stage
 MULTICOIL_METHODS = ("unet_official", "varnet_official")
@@ -53,6 +59,11 @@ STEP_BASES = ("ldpm", *LORA_METHODS)
 LDPM_STAGES = ("sketcher", "vae_natural", "vae", "denoiser", "controlnet")
 STAGES = LDPM_STAGES + BASELINES + LORA_STAGES
 
+_CLASH = sorted(set(BASELINES) & {"zero_filled", *LDPM_STAGES, *LORA_STAGES, *LDPM_VARIANTS,
+                                  *ABLATIONS, *MULTICOIL_METHODS, *LORA_METHODS})
+if _CLASH:
+    raise LdpmInputError(f"baseline {_CLASH[0]!r}", "has the name of another stage or method",
+                         "rename it in its module (ldpm.baselines)")
 
 
 def table1_methods(methods) -> list[str]:
@@ -112,9 +123,7 @@ def method_options(method: str, inference: Mapping) -> dict:
     opts = {"seed": inference.get("seed", 0)}
     if method in LDPM_VARIANTS:
         opts.update(inference.get("ldpm") or {})
-    elif method == "score_mri":
-        opts.update(inference.get("score_mri") or {})
-    elif method in MULTICOIL_METHODS:
+    elif method in BASELINES or method in MULTICOIL_METHODS:
         opts.update(inference.get(method) or {})
     elif method in LORA_METHODS:
         opts.update(inference.get("ldpm") or {})

@@ -11,7 +11,7 @@ Accelerated MRI", 2018; Ronneberger et al. 2015), as in ``fastmri/models/unet.py
   magnitude ``|F^-1(k_u)|``; it is normalised by its own mean and std, clamped to [-6, 6],
   passed through the U-Net and un-normalised (fastMRI's ``UnetDataTransform`` +
   ``UnetModule``). Trained with an L1 loss (fastMRI computes it in the normalised units, i.e.
-  the same loss divided by the input's std; we use image units, see ``ldpm.train.baselines``).
+  the same loss divided by the input's std; we use image units, see ``ldpm.baselines.unet``).
 """
 
 from __future__ import annotations

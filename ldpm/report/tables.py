@@ -23,17 +23,16 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..baselines import baselines
 from ..io import write_text_atomic
 from ..methods.graph import ABLATIONS
 
+#: each method's row name (the trained baselines' titles come from their modules)
 METHOD_NAMES = {
     "zero_filled": "Zero-Filled",
-    "unet": "U-Net",
+    **{name: declared.title for name, declared in baselines().items()},
     "unet_official": "U-Net (fastMRI weights, multicoil)",
-    "varnet": "E2E-VarNet",
     "varnet_official": "E2E-VarNet (fastMRI weights, multicoil)",
-    "swinmr": "SwinMR",
-    "score_mri": "Score-MRI",
     "ldpm": "LDPM (ours)",
     "ldpm_wo_mrvae": "LDPM (w/o MR-VAE)",
     "ldpm_wo_skm": "LDPM (w/o SkM)",

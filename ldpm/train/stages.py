@@ -5,12 +5,14 @@ trained on natural photographs, :mod:`ldpm.data.natural`, that MR-VAE is fine-tu
 the paper fine-tunes SD's); ``vae`` (MR-VAE, fine-tuned from SD's VAE when
 ``pretrained.sd_path`` is set, else from ``vae_natural``); ``denoiser`` (only without SD weights: an unconditional latent
 denoiser trained on MR-VAE latents, then frozen as the prior); ``controlnet`` (MRControlNet's
-control branch). Baselines: ``unet``, ``varnet``, ``swinmr``, ``score_mri``. LoRA study
-(:mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``, ``lora_t1``, ``lora_t2``.
+control branch). Baselines: one stage each (:mod:`ldpm.baselines`: ``unet``, ``varnet``,
+``swinmr``, ``score_mri``). LoRA study (:mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``,
+``lora_t1``, ``lora_t2``.
 
-Stage configs are the preset (``ldpm.train.presets`` / ``ldpm.train.baselines``, ``default`` or
-``paper``) with the config's ``train.stages.<stage>`` overrides; an override key the preset
-does not have is refused, so a typo cannot silently fall back to a default.
+Stage configs are the preset (``ldpm.train.presets`` / each baseline's module /
+``ldpm.train.lora``, ``default`` or ``paper``) with the config's ``train.stages.<stage>``
+overrides; an override key the preset does not have is refused, so a typo cannot silently fall
+back to a default.
 """
 
 from __future__ import annotations
@@ -133,10 +135,10 @@ def _train(stage: str, images: torch.Tensor | SliceStream, manifest: str | Path,
     """Run ``stage``'s training function on ``images`` (see :func:`run_stage`)."""
     sd_path = pretrained.get("sd_path") or None
     if stage in BASELINE_STAGES:
+        from ..baselines import baseline
         from .baselines import train_baseline
 
-        if stage == "swinmr" and pretrained.get("vgg19_path"):
-            cfg["loss"] = {**(cfg.get("loss") or {}), "vgg19_weights": pretrained["vgg19_path"]}
+        cfg = baseline(stage).with_pretrained(cfg, pretrained)
         train_baseline(stage, images, cfg, out_dir, seed=seed, runtime=rt)
     elif stage == "sketcher":
         from .sketcher import train_sketcher
