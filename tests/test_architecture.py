@@ -4,11 +4,14 @@ inside a function): no cycles, and inference never imports training."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ldpm"
-#: inference and reporting read checkpoints through ldpm.checkpoints, never ldpm.train
-NO_TRAIN_IMPORTS = ("ldpm.methods", "ldpm.metrics", "ldpm.report")
+#: inference and reporting read checkpoints through ldpm.checkpoints, never ldpm.train; the
+#: baselines' modules, which inference reads too, leave the training loop to ldpm.train.baselines
+NO_TRAIN_IMPORTS = ("ldpm.methods", "ldpm.metrics", "ldpm.report", "ldpm.baselines")
 
 
 def _modules(root: Path = PACKAGE) -> dict[str, Path]:
@@ -91,6 +94,15 @@ def test_inference_metrics_and_report_never_import_training():
     bad = {m: sorted(d for d in deps if d == "ldpm.train" or d.startswith("ldpm.train."))
            for m, deps in import_graph().items() if m.startswith(NO_TRAIN_IMPORTS)}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_the_graph_the_schema_and_the_tables_learn_the_baselines_without_torch():
+    """The DAG is built and the config checked without torch: the baselines' declarations
+    (ldpm.baselines) import it only inside their functions."""
+    code = ("import sys, ldpm.methods, ldpm.config, ldpm.report.tables; ldpm.config.load_schema(); "
+            "assert ldpm.methods.BASELINES; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]
 
 
 def test_the_checks_catch_a_cycle_and_a_training_import(tmp_path):
