@@ -10,11 +10,22 @@ stays as it is):
 * every rank starts from the same weights (seeded initialisation, then a broadcast from rank 0);
 * step ``i`` of rank ``r`` draws its own batch of ``batch_size / N`` samples from
   :meth:`Runtime.generator` ``(seed, i)`` (seeded by ``(seed, i, r, N)``; one process: exactly
-  ``ldpm.seeding.step_generator(seed, i)``), so the N ranks together see ``batch_size`` samples;
+  ``ldpm.seeding.step_generator(seed, i)``), so the N ranks together see ``batch_size`` samples
+  (with ``loader: stream``: the next ``batch_size / N`` samples of rank ``r``'s shard of the
+  epoch, :class:`ldpm.data.dataset.EpochShardSampler`);
 * before an optimizer steps, the gradients of its parameters are averaged over the ranks
   (:meth:`Runtime.sync_gradients`, one all-reduce per optimizer and step; a parameter no rank
-  has a gradient for keeps ``None``, so it is skipped as in one process);
+  has a gradient for keeps ``None``, so it is skipped as in one process); with ``grad_accum``
+  micro-batches (:func:`ldpm.train.loop.accumulate`) the gradients accumulate on each rank and
+  are averaged once, at the optimizer step, as ``DistributedDataParallel.no_sync`` would do;
 * only rank 0 writes checkpoints, logs and ``final/``; all ranks meet at the end.
+
+The models are not wrapped in ``DistributedDataParallel``: it reduces the gradients of a
+backward pass only after its own ``forward``, and the stages' step functions call parts of
+their models instead (``Sketcher.repair``; ``vae.encode``/``decode``, with
+``torch.autograd.grad`` of the decoder's last layer for LDM's adaptive GAN weight, and the
+discriminator's own optimizer and backward pass), so each would have to be rewritten around
+wrapper calls.
 
 Differences from one process with the full batch: per-rank BatchNorm statistics (rank 0's are
 saved) and a different draw of samples, so N-rank runs are seeded and repeatable for a given N,
