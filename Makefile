@@ -29,18 +29,21 @@ report: $(STAMP)
 
 # The runtime (what `make all` and cluster jobs use): this package with the workflow tools, every
 # version from the lock; `pip check` is clean. torch and torchvision are pinned in pyproject.toml
-# (the only pair that imports together here).
+# (the only pair that imports together here). --no-compile: no bytecode for the thousands of
+# modules never imported (torch's above all); Python writes it for those a job imports, once.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
+
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e ".[workflow]"
+	$(PIP_INSTALL) -c $(LOCK) -e ".[workflow]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
 # The tests add pytest and fastMRI's reference code (its E2E-VarNet and metrics, without its
 # training stack: Lightning etc.), which the runtime does not install.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e ".[workflow,test]"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fastmri==0.3.0
+	$(PIP_INSTALL) -c $(LOCK) -e ".[workflow,test]"
+	$(PIP_INSTALL) --no-deps fastmri==0.3.0
 	touch $@
 
 lock: $(STAMP)
