@@ -23,6 +23,7 @@ if str(REPO) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # this file imports it too, wherever Snakemake was installed
 
+import ldpm.studies  # noqa: E402,F401  (registers the studies' stages, methods and config checks)
 from ldpm.config import validate_config  # noqa: E402
 from ldpm.errors import LdpmInputError  # noqa: E402
 

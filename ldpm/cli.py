@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
+from . import __version__, studies  # noqa: F401  (importing the studies registers them)
 from .config import config_arg, split_fractions_arg
 from .errors import LdpmInputError
 
@@ -181,22 +181,22 @@ def provenance(a: argparse.Namespace) -> None:
     write_provenance(a.output, config_json=a.config, hashed_files=a.hash, manifest=a.manifest)
 
 
-# --------------------------------------------------------------------------- DiffCode (seed 002)
+# --------------------------------------------------------------------------- DiffCode
 @command
 def diffcode_train(a: argparse.Namespace) -> None:
     """Train one DiffCode stage (bank, retrieval, restore*, unet, swinir); resumable."""
-    from .diffcode.train import train_stage
+    from .studies.diffcode.train import train_stage
 
     if a.config.get("stage") != a.stage:
         raise LdpmInputError("--config", f"is the config of stage {a.config.get('stage')!r}, not {a.stage!r}",
-                             "pass ldpm.diffcode.config.stage_config(config, stage) as JSON")
+                             "pass ldpm.studies.diffcode.config.stage_config(config, stage) as JSON")
     train_stage(a.config, a.manifest, a.out_dir, a.seed, deps=dict(a.dep or []), device=a.device)
 
 
 @command
 def diffcode_evaluate(a: argparse.Namespace) -> None:
     """Score one DiffCode-family method on every task's test set (PSNR/SSIM/RMSE per task)."""
-    from .diffcode.evaluate import evaluate_method
+    from .studies.diffcode.evaluate import evaluate_method
 
     evaluate_method(a.method, a.shards, dict(a.model or []), a.config, a.output, a.per_volume,
                     device=a.device)

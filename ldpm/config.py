@@ -348,7 +348,8 @@ def _file(value: str, key: str, source: str, what: str) -> None:
     _existing(value, key, source, f"{what}, or null", folder=False)
 
 
-def _folder(value: str, key: str, source: str, what: str) -> Path:
+def check_folder(value: str, key: str, source: str, what: str) -> Path:
+    """``value`` as an existing folder; else the error names ``source: key`` and asks for ``what``."""
     return _existing(value, key, source, what, folder=True)
 
 
@@ -357,7 +358,7 @@ def check_fastmri_root(root: str | Path, key: str = "data.fastmri_root",
     """The ``*.h5`` files under ``root`` (what :func:`ldpm.data.fastmri.list_volumes` reads;
     other files are ignored), each checked to be HDF5."""
     what = "the folder of the fastMRI multicoil *.h5 files"
-    folder = _folder(str(root), key, source, what)
+    folder = check_folder(str(root), key, source, what)
     files = sorted(p for p in folder.rglob("*.h5") if p.is_file())
     if not files:
         others = sum(1 for p in folder.rglob("*") if p.is_file())
@@ -375,13 +376,14 @@ def check_fastmri_root(root: str | Path, key: str = "data.fastmri_root",
 
 def check_config_paths(config: Mapping[str, Any], source: str | Path = "config") -> None:
     """The files and folders a validated config names: each set path must exist and be a
-    file or a folder as its key means; ``data.fastmri_root`` (with ``data.source: fastmri``)
-    must hold HDF5 ``*.h5`` files. Relative paths are relative to the working directory."""
+    file or a folder as its key means (a registered study checks those of its own block);
+    ``data.fastmri_root`` (with ``data.source: fastmri``) must hold HDF5 ``*.h5`` files.
+    Relative paths are relative to the working directory."""
     source = str(source)
     pre = config.get("pretrained") or {}
     if pre.get("sd_path"):
         what = "a local diffusers folder of Stable Diffusion 2-1-base (vae/, unet/, text_encoder/, tokenizer/)"
-        sd = _folder(pre["sd_path"], "pretrained.sd_path", source, what)
+        sd = check_folder(pre["sd_path"], "pretrained.sd_path", source, what)
         needed = ["vae/config.json", "unet/config.json"]
         if not (sd / "null_text_embedding.safetensors").is_file():
             needed += ["text_encoder/config.json", "tokenizer"]
@@ -400,11 +402,10 @@ def check_config_paths(config: Mapping[str, Any], source: str | Path = "config")
     for key, value, what in files:
         if value:
             _file(value, key, source, what)
-    dc = config.get("diffcode") or {}
-    for key, what in (("ct_path", "the AAPM LDCT folder (patients/{quarter*,full*}/ DICOM series)"),
-                      ("pet_path", "the PET folder (subjects/{low_dose,full_dose}.nii[.gz])")):
-        if dc.get(key):
-            _folder(dc[key], f"diffcode.{key}", source, f"{what}, or null")
+    from .methods.graph import studies
+
+    for study in studies():
+        study.check_paths(config, source)
     data = config.get("data") or {}
     if data.get("source") == "fastmri" and data.get("fastmri_root"):
         check_fastmri_root(data["fastmri_root"], "data.fastmri_root", source)

@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+import ldpm.studies  # noqa: F401  (registers the studies, as the command line and the Snakefile do)
 from ldpm.config import CONFIG_FILE, deep_merge, load_config, validate_config
 from ldpm.errors import LdpmInputError
 
@@ -58,16 +59,21 @@ def test_missing_and_broken_config_files(tmp_path):
 # ------------------------------------------------------------------------------ stage overrides
 
 def _stage_presets():
-    from ldpm.train import baselines, lora, presets
+    from ldpm.methods.graph import studies
+    from ldpm.train import baselines, presets
 
-    return {"default": {**presets.DEFAULT_CONFIG, **baselines.DEFAULT_CONFIGS, **lora.DEFAULT_CONFIGS},
-            "paper": {**presets.PAPER_CONFIG, **baselines.PAPER_CONFIGS, **lora.PAPER_CONFIGS}}
+    return {p: {**core, **base, **{k: v for s in studies() if s.presets for k, v in s.presets(p).items()}}
+            for p, core, base in (("default", presets.DEFAULT_CONFIG, baselines.DEFAULT_CONFIGS),
+                                  ("paper", presets.PAPER_CONFIG, baselines.PAPER_CONFIGS))}
 
 
 def test_stage_schemas_have_exactly_the_presets_keys():
     """... and the streaming stages the run keys (loader, grad_accum, ...) besides."""
     from ldpm.config import load_schema
-    from ldpm.train.stages import RUN_KEYS, STAGES, STREAM_STAGES
+    from ldpm.methods.graph import all_stages
+    from ldpm.train.stages import RUN_KEYS, STREAM_STAGES
+
+    STAGES = all_stages()
 
     schema = load_schema()
     stages = schema["properties"]["train"]["properties"]["stages"]["properties"]

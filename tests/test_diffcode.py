@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from ldpm.config import deep_merge, load_config
-from ldpm.diffcode import config as dcc
-from ldpm.diffcode.data import read_ct_pairs, read_pet_pairs, read_task_pairs, task_availability
-from ldpm.diffcode.degradations import (degrade, degrade_test_slices, kspace_truncate, rician,
-                                        undersample_magnitude)
-from ldpm.diffcode.evaluate import EvalSet, restore_test_set, summarize, volume_metrics
-from ldpm.diffcode.models import (TARM, CodebookBank, LatentRetrieval, Restorer, VQAutoencoder,
-                                  residual_quantize, topk_gating)
-from ldpm.diffcode.report import make_table1, make_table2
-from ldpm.diffcode.train import (PriorReference, TaskData, load_frozen, load_stage, stage_loss,
-                                 task_batch, train_stage)
+from ldpm.studies.diffcode import config as dcc
+from ldpm.studies.diffcode.data import read_ct_pairs, read_pet_pairs, read_task_pairs, task_availability
+from ldpm.studies.diffcode.degradations import (degrade, degrade_test_slices, kspace_truncate,
+                                                rician, undersample_magnitude)
+from ldpm.studies.diffcode.evaluate import EvalSet, restore_test_set, summarize, volume_metrics
+from ldpm.studies.diffcode.models import (TARM, CodebookBank, LatentRetrieval, Restorer,
+                                          VQAutoencoder, residual_quantize, topk_gating)
+from ldpm.studies.diffcode.report import make_table1, make_table2
+from ldpm.studies.diffcode.train import (PriorReference, TaskData, load_frozen, load_stage,
+                                         stage_loss, task_batch, train_stage)
 from ldpm.errors import LdpmInputError
 from ldpm.mri import fft2c, ifft2c
 
@@ -355,7 +355,7 @@ def test_evaluation_scores_the_lq_input_and_keeps_na_reasons(config):
     rng = np.random.default_rng(0)
     hq = rng.random((4, 16, 16)).astype(np.float32) + 0.5
     test = EvalSet("mri_sr", hq + 0.01, hq, ["a", "a", "b", "b"], np.array([0, 1, 0, 1]))
-    from ldpm.diffcode.evaluate import MethodRunner
+    from ldpm.studies.diffcode.evaluate import MethodRunner
 
     pred = restore_test_set(MethodRunner("lq", {}), test, seed=0)
     np.testing.assert_allclose(pred, hq + 0.01, rtol=1e-6)
@@ -372,8 +372,8 @@ def test_tars_routes_the_prior_from_the_lq_image_alone(config, tmp_path):
     """DiffCode's prior takes the codebook TARS's classifier predicts from the LQ image: the
     output does not depend on the task id it is handed (only the oracle row's does), and the
     routing accuracy is the share of slices routed to their own task."""
-    from ldpm.diffcode.evaluate import MethodRunner
-    from ldpm.diffcode.train import build_modules, save_stage
+    from ldpm.studies.diffcode.evaluate import MethodRunner
+    from ldpm.studies.diffcode.train import build_modules, save_stage
 
     torch.manual_seed(0)
     for stage in dcc.method_stages("diffcode"):

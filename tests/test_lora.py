@@ -12,13 +12,14 @@ import torch
 
 from ldpm.methods import (method_options, method_stages, reconstruct_shard, stage_dependencies,
                           timing_path)
-from ldpm.methods.graph import own_stages, step_variant, study_methods
+from ldpm.methods.graph import step_variant
 from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_vae, null_text_embedding
-from ldpm.models.lora import (LORA_WEIGHTS_FILE, adapter_parameters, add_lora, combine_adapters,
-                              load_lora, save_lora)
 from ldpm.sampling import base_alphas_cumprod
 from ldpm.train.controlnet import controlnet_loss
-from ldpm.train.lora import DEFAULT_CONFIGS as LORA_PRESETS, train_lora, train_lora_eps
+from ldpm.studies.lora.graph import own_stages, study_methods
+from ldpm.studies.lora.models import (LORA_WEIGHTS_FILE, adapter_parameters, add_lora, combine_adapters,
+                                      load_lora, save_lora)
+from ldpm.studies.lora.train import DEFAULT_CONFIGS as LORA_PRESETS, train_lora, train_lora_eps
 from conftest import TINY_DENOISER, TINY_VAE
 
 CFG = {"rank": 2, "alpha": None, "targets": ["to_q", "to_k", "to_v", "to_out.0"], "lora_lr": 1e-2,
@@ -352,7 +353,7 @@ def _write_results(root, with_times=True):
 
 
 def test_table_renders_numbers_from_files_and_na_with_reasons(tmp_path):
-    from ldpm.report.lora import make_lora_table
+    from ldpm.studies.lora.report import make_lora_table
 
     _write_results(tmp_path, with_times=False)
     csv, md, tex = make_lora_table(tmp_path, ["ldpm", "ldpm_lora_r4"], 25, [0.5, 0.5])

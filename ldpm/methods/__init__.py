@@ -2,7 +2,8 @@
 
 Layout: :mod:`.graph` (torch-free: stages, methods and what each reads), :mod:`.registry`
 (``register``), and one module per family, imported by :func:`load_registry`: zero-filled
-(here), :mod:`.baselines`, :mod:`.ldpm` (LDPM and its ablations), :mod:`.lora` (the LoRA study).
+(here), :mod:`.baselines`, :mod:`.ldpm` (LDPM and its ablations), and those of each registered
+study (:class:`.graph.Study`).
 
 Every method sees exactly the same input: the test shard's ground truth is only used to
 simulate the measurement ``k_u = M * F(x)`` with the stored mask; the method then gets
@@ -23,9 +24,9 @@ from ..errors import LdpmInputError
 from ..io import atomic_path, write_text_atomic
 from ..mri import undersample, zero_filled
 from ..mri.masks import slice_seed
-from .graph import (BASELINES, LDPM_VARIANTS, LORA_METHODS, LORA_STAGES, MULTICOIL_METHODS,
-                    SKETCHER_ONLY, STAGES, method_options, method_stages, own_stages,
-                    stage_dependencies, step_variant, study_methods)
+from .graph import (BASELINES, LDPM_VARIANTS, MULTICOIL_METHODS, SKETCHER_ONLY, Study, all_stages,
+                    method_options, method_stages, register_study, stage_dependencies, step_variant,
+                    studies, study_methods)
 from .registry import METHODS, Method, register
 
 
@@ -42,8 +43,13 @@ def measure(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def load_registry() -> dict[str, Method]:
-    """All methods: importing their modules registers them (torch is only imported here)."""
-    from . import baselines, ldpm, lora  # noqa: F401
+    """All methods: importing their modules registers them (torch is only imported here),
+    then each registered study registers its own."""
+    from . import baselines, ldpm  # noqa: F401
+
+    for study in studies():
+        if study.load_methods is not None:
+            study.load_methods()
 
     return METHODS
 
@@ -102,7 +108,7 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
             f.attrs["method"] = method
 
 
-__all__ = ["BASELINES", "LDPM_VARIANTS", "LORA_METHODS", "LORA_STAGES", "METHODS", "MULTICOIL_METHODS",
-           "Method", "SKETCHER_ONLY", "STAGES", "load_registry", "measure", "method_options",
-           "method_stages", "own_stages", "reconstruct_shard", "register", "seeds_for",
-           "stage_dependencies", "step_variant", "study_methods", "timing_path"]
+__all__ = ["BASELINES", "LDPM_VARIANTS", "METHODS", "MULTICOIL_METHODS", "Method", "SKETCHER_ONLY",
+           "Study", "all_stages", "load_registry", "measure", "method_options", "method_stages",
+           "reconstruct_shard", "register", "register_study", "seeds_for", "stage_dependencies",
+           "step_variant", "studies", "study_methods", "timing_path"]

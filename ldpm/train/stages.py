@@ -6,11 +6,11 @@ the paper fine-tunes SD's); ``vae`` (MR-VAE, fine-tuned from SD's VAE when
 ``pretrained.sd_path`` is set, else from ``vae_natural``); ``denoiser`` (only without SD weights: an unconditional latent
 denoiser trained on MR-VAE latents, then frozen as the prior); ``controlnet`` (MRControlNet's
 control branch). Baselines: one stage each (:mod:`ldpm.baselines`: ``unet``, ``varnet``,
-``swinmr``, ``score_mri``). LoRA study (:mod:`ldpm.train.lora`): ``lora_r4``, ``lora_r16``,
-``lora_t1``, ``lora_t2``.
+``swinmr``, ``score_mri``). A registered study's stages (:class:`ldpm.methods.graph.Study`)
+train through the study's own ``train``.
 
-Stage configs are the preset (``ldpm.train.presets`` / each baseline's module /
-``ldpm.train.lora``, ``default`` or ``paper``) with the config's ``train.stages.<stage>``
+Stage configs are the preset (``ldpm.train.presets`` / each baseline's module / the study's
+``presets``, ``default`` or ``paper``) with the config's ``train.stages.<stage>``
 overrides; an override key the preset does not have is refused, so a typo cannot silently fall
 back to a default.
 """
@@ -27,7 +27,7 @@ from ..checkpoints import load_prior
 from ..data.dataset import SliceDataset, SliceStream
 from ..data.store import load_split
 from ..errors import LdpmInputError
-from ..methods.graph import BASELINES as BASELINE_STAGES, LORA_STAGES, STAGES
+from ..methods.graph import BASELINES as BASELINE_STAGES, all_stages, stage_study
 from .runtime import Runtime
 
 #: the stages that can stream their training images (``loader: stream``); they take the
@@ -78,10 +78,8 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
         from .baselines import DEFAULT_CONFIGS, PAPER_CONFIGS
 
         base = {"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][stage]
-    elif stage in LORA_STAGES:
-        from .lora import DEFAULT_CONFIGS, PAPER_CONFIGS
-
-        base = {"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][stage]
+    elif stage_study(stage) is not None:
+        base = stage_study(stage).presets(preset)[stage]
     else:
         from .presets import DEFAULT_CONFIG, PAPER_CONFIG
 
@@ -112,8 +110,8 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
     ``device``: ``auto`` (a GPU if one is visible), ``cpu`` or ``cuda``; under torchrun each rank
     trains data-parallel on its own GPU (:mod:`ldpm.train.runtime`).
     """
-    if stage not in STAGES:
-        raise LdpmInputError(f"stage {stage!r}", "unknown stage", f"use one of: {', '.join(STAGES)}")
+    if stage not in all_stages():
+        raise LdpmInputError(f"stage {stage!r}", "unknown stage", f"use one of: {', '.join(all_stages())}")
     from .runtime import current_runtime
 
     rt = current_runtime(device)
@@ -164,10 +162,8 @@ def _train(stage: str, images: torch.Tensor | SliceStream, manifest: str | Path,
 
         _need(deps, "vae")
         train_denoiser(images, cfg, out_dir, load_vae(deps["vae"]), seed=seed, runtime=rt)
-    elif stage in LORA_STAGES:
-        from .lora import run_lora_stage
-
-        run_lora_stage(stage, manifest, images, cfg, out_dir, deps, sd_path, seed, runtime=rt)
+    elif stage_study(stage) is not None:
+        stage_study(stage).train(stage, manifest, images, cfg, out_dir, deps, sd_path, seed, runtime=rt)
     else:  # controlnet
         from ..checkpoints import load_sketcher, load_vae
         from .controlnet import train_controlnet

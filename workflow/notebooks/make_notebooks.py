@@ -64,18 +64,18 @@ report = build.write_report(results, with_fig3=bool(with_fig3))
 print(report)'''),
 ]
 
-# The LoRA study (seed 003): one table from results/ (ldpm.report.lora)
+# The LoRA study: one table from results/ (ldpm.studies.lora.report)
 LORA = [
     ("parameters", '''# Parameters (papermill overrides these)
 results_dir = "results"
-methods = "ldpm"                     # the study's rows (ldpm.methods.graph.study_methods), comma-separated
+methods = "ldpm"                     # the study's rows (ldpm.studies.lora.graph.study_methods), comma-separated
 n_steps = 25                         # inference.ldpm.n_steps: the rows without a _s<N> suffix
 mix_weights = "0.5,0.5"              # inference.lora.mix_weights'''),
     (None, '''from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from ldpm.report.lora import make_lora_table
+from ldpm.studies.lora.report import make_lora_table
 
 method_list = [m for m in methods.split(",") if m]
 weights = [float(w) for w in str(mix_weights).split(",") if w]'''),
@@ -84,11 +84,11 @@ lora_table = make_lora_table(Path(results_dir), method_list, int(n_steps), weigh
 display(Markdown(lora_table[1].read_text()))'''),
 ]
 
-# DiffCode (seed 002): its Table 1 and Table 2 from results/diffcode/metrics
+# DiffCode: its Table 1 and Table 2 from results/diffcode/metrics
 DIFFCODE = [
     ("parameters", '''# Parameters (papermill overrides these)
 results_dir = "results"
-methods = "lq,diffcode"              # ldpm.diffcode.config.methods(config["diffcode"]), comma-separated
+methods = "lq,diffcode"              # ldpm.studies.diffcode.config.methods(config["diffcode"]), comma-separated
 tasks = "mri_sr"                     # diffcode.tasks (table order), comma-separated
 sr_scale = 4
 acceleration = 8
@@ -98,7 +98,7 @@ paper_values = "config/paper_values_diffcode.yaml"'''),
 
 from IPython.display import Markdown, display
 
-from ldpm.diffcode import report
+from ldpm.studies.diffcode import report
 
 levels = {"sr_scale": int(sr_scale), "acceleration": int(acceleration), "denoise_sigma": float(denoise_sigma)}
 method_list = [m for m in methods.split(",") if m]

@@ -18,15 +18,16 @@ CAPTIONS = REPO / "workflow" / "report"
 DATA = "results/data"
 SHARDS = list(range(config["inference"]["n_shards"]))
 METHODS = config["methods"]
-# the LoRA study's rows ([] when lora.enabled is false) are reconstructed like any method
-LORA_METHODS = study_methods(config)
-RECON_METHODS = list(dict.fromkeys(METHODS + LORA_METHODS))
+# the studies' rows (ldpm.studies, registered by the Snakefile; none for a study turned off)
+# are reconstructed like any method
+STUDY_METHODS = study_methods(config)
+RECON_METHODS = list(dict.fromkeys(METHODS + STUDY_METHODS))
 WITH_SD = bool(config["pretrained"].get("sd_path"))
 TRAIN_STAGES = sorted({s for m in RECON_METHODS for s in method_stages(m, WITH_SD)}
                       | {d for m in RECON_METHODS for s in method_stages(m, WITH_SD)
                          for d in stage_dependencies(s, WITH_SD)})
 # the baselines' stages train in `train_baseline`, the control branch in `train_controlnet`, the
-# rest (LDPM's chain before it, the LoRA adapters) in `train`
+# rest (LDPM's chain before it, the studies' stages) in `train`
 BASELINE_STAGES = [s for s in TRAIN_STAGES if s in BASELINES]
 CHAIN_STAGES = [s for s in TRAIN_STAGES if s not in BASELINES and s != "controlnet"]
 

@@ -1,8 +1,8 @@
-# DiffCode (seed 002): all-in-one restoration as its own method family.
+# DiffCode (ldpm.studies.diffcode): all-in-one restoration as its own method family.
 #   train (one rule, stage wildcard: bank[_single] -> retrieval[_direct|_single] -> restore*,
 #   and the all-in-one unet/swinir) -> evaluate (one job per method: per-task PSNR/SSIM/RMSE)
 #   -> report (papermill: DiffCode Tables 1 and 2). Nothing here when diffcode.enabled is false.
-from ldpm.diffcode import config as dcc
+from ldpm.studies.diffcode import config as dcc
 
 DIFFCODE = config["diffcode"]
 DIFFCODE_ON = bool(DIFFCODE.get("enabled"))

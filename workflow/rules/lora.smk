@@ -1,10 +1,12 @@
-# LoRA adaptation of LDPM's denoiser (seed 003). Its stages (lora_r4, lora_r16,
-# lora_t1, lora_t2) go through the `train` rule and its methods (LORA_METHODS, common.smk)
-# through `reconstruct` and `evaluate`; this file only adds the table, rendered by papermill.
+# LoRA adaptation of LDPM's denoiser (ldpm.studies.lora). Its stages (lora_r4, lora_r16,
+# lora_t1, lora_t2, lora_eps_t1, lora_eps_t2) go through the `train` rule and its rows
+# (LORA_METHODS, among common.smk's STUDY_METHODS) through `reconstruct` and `evaluate`; this
+# file only adds the table, rendered by papermill.
 
-from ldpm.methods.graph import own_stages
+from ldpm.studies.lora.graph import own_stages, study_methods as lora_rows
 
 LORA_ENABLED = bool(config.get("lora", {}).get("enabled"))
+LORA_METHODS = lora_rows(config)
 LORA_OUTPUTS = (
     [*expand("results/tables/lora.{ext}", ext=["csv", "md", "tex"]), "results/notebooks/lora.ipynb"]
     if LORA_ENABLED

@@ -1,7 +1,7 @@
 """Run one trained DiffCode-family method on every task's test set: per-task PSNR/SSIM/RMSE.
 
 Test sets: the MRI tasks degrade the test shards' ground truth (``results/data/test``) with
-:func:`ldpm.diffcode.degradations.degrade_test_slices` (``mri_recon`` with the shards' stored
+:func:`ldpm.studies.diffcode.degradations.degrade_test_slices` (``mri_recon`` with the shards' stored
 masks, the very measurements LDPM is scored on); CT/PET use their folders' test subjects, and
 without a folder their cells are ``n/a`` with the reason. A method sees only the LQ image
 (divided by its own maximum ``s``; the output is multiplied back by ``s``) and the task id
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.store import read_shard
-from ..errors import LdpmInputError
-from ..io import atomic_path, write_text_atomic
-from ..metrics.image import psnr, rmse, ssim
+from ...data.store import read_shard
+from ...errors import LdpmInputError
+from ...io import atomic_path, write_text_atomic
+from ...metrics.image import psnr, rmse, ssim
 from .config import ORACLE, method_stages, stage_kind
 from .data import read_task_pairs, split_pairs, task_availability
 from .degradations import MRI_TASKS, degrade_test_slices, slice_generator, task_title

@@ -1,6 +1,6 @@
 """The LoRA study's table (the two-LoRA adaptation of ``config/references.yaml``: supir_lora) from a run's ``results/`` folder.
 
-One row per reconstructed method (:func:`ldpm.methods.graph.study_methods`): LDPM with its frozen
+One row per reconstructed method (:func:`ldpm.studies.lora.graph.study_methods`): LDPM with its frozen
 denoiser, LDPM + LoRA at two ranks, each contrast-group adapter alone and both combined, and the
 fewer-step rows. Every number is read from files this run wrote:
 
@@ -21,11 +21,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import LdpmInputError
-from ..methods import timing_path
-from ..methods.graph import LORA_EPS_STAGES, LORA_JOINT_STAGES, LORA_METHODS, own_stages, step_variant
-from .paper import citation
-from .tables import load_summary, write_table
+from ...errors import LdpmInputError
+from ...methods import timing_path
+from ...methods.graph import step_variant
+from ...report.paper import citation
+from ...report.tables import load_summary, write_table
+from .graph import LORA_EPS_STAGES, LORA_JOINT_STAGES, LORA_METHODS, own_stages
 
 #: (key, column title, higher is better, decimals)
 LORA_COLUMNS = [("psnr", "PSNR ↑", True, 2), ("ssim", "SSIM ↑", True, 4), ("lpips", "LPIPS ↓", False, 4),

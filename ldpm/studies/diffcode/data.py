@@ -23,8 +23,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..data.store import split_subjects
-from ..errors import LdpmInputError
+from ...data.store import split_subjects
+from ...errors import LdpmInputError
 from .degradations import DATA_TASKS
 
 
@@ -56,7 +56,7 @@ def _subject_dirs(root: str | Path, key: str) -> list[Path]:
     subjects = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subjects:
         raise LdpmInputError(f"diffcode.{key} = {root}", "has no subject folders",
-                             "put one folder per patient/subject in it (see ldpm/diffcode/data.py)")
+                             "put one folder per patient/subject in it (see ldpm/studies/diffcode/data.py)")
     return subjects
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import LdpmInputError
+from ...errors import LdpmInputError
 from .data import task_availability
 
 #: method -> (prior: None | 'diffusion' | 'direct', codebook: None | 'bank' | 'single', TARS, top-k
@@ -186,3 +186,15 @@ def evaluation_config(config: Mapping, method: str) -> dict[str, Any]:
     """What ``ldpm diffcode-evaluate`` needs: the tasks' data and the method's name."""
     return {"method": method, "name": METHOD_NAMES.get(method, method), **data_config(config),
             "batch_size": int(config["diffcode"]["eval_batch_size"])}
+
+
+def check_paths(config: Mapping[str, Any], source: str) -> None:
+    """The folders of the config's ``diffcode`` block (``ct_path``, ``pet_path``), if set, must
+    exist and be folders."""
+    from ...config import check_folder
+
+    dc = config.get("diffcode") or {}
+    for key, what in (("ct_path", "the AAPM LDCT folder (patients/{quarter*,full*}/ DICOM series)"),
+                      ("pet_path", "the PET folder (subjects/{low_dose,full_dose}.nii[.gz])")):
+        if dc.get(key):
+            check_folder(dc[key], f"diffcode.{key}", source, f"{what}, or null")

@@ -1,8 +1,8 @@
 """DiffCode's Table 1 and Table 2 (a)(b) from the evaluate step's files.
 
 Every number in our columns is read from ``results/diffcode/metrics/<method>.json`` (written by
-:func:`ldpm.diffcode.evaluate.evaluate_method`); a cell that has no value is ``n/a`` with its
-reason (no data configured, variant not run, ...). The seed paper's published values
+:func:`ldpm.studies.diffcode.evaluate.evaluate_method`); a cell that has no value is ``n/a`` with its
+reason (no data configured, variant not run, ...). The DiffCode paper's published values
 (``config/paper_values_diffcode.yaml``) appear only in separate ``(paper)`` columns and, for
 PSNR and SSIM, ``Δ`` = ours − paper; RMSE has no Δ (the paper's RMSE is in each dataset's own
 units). Cells are rendered by :func:`ldpm.report.tables.display_table` (best in bold, second
@@ -18,10 +18,10 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ..errors import LdpmInputError
-from ..io import write_text_atomic
-from ..report.paper import citation, load_paper_values, paper_table
-from ..report.tables import display_table
+from ...errors import LdpmInputError
+from ...io import write_text_atomic
+from ...report.paper import citation, load_paper_values, paper_table
+from ...report.tables import display_table
 from .config import METHOD_NAMES, VARIANTS
 from .degradations import task_title
 from .evaluate import METRICS

@@ -1,4 +1,4 @@
-"""DiffCode's networks (seed 002, section 2), built from a config dict.
+"""DiffCode's networks (the DiffCode paper's section 2), built from a config dict.
 
 * :class:`NAFBlock` (Chen et al., "Simple baselines for image restoration", 2022): LayerNorm ->
   1x1 conv -> depthwise 3x3 -> SimpleGate -> simplified channel attention -> 1x1 conv, and a

@@ -1,6 +1,6 @@
-"""LoRA stages (seed 003): low-rank adapters on LDPM's frozen denoiser, eq. 7's loss.
+"""LoRA stages: low-rank adapters on LDPM's frozen denoiser, eq. 7's loss.
 
-The adapter sits on the denoiser's attention projections (:mod:`ldpm.models.lora`); the base U-Net
+The adapter sits on the denoiser's attention projections (:mod:`ldpm.studies.lora.models`); the base U-Net
 stays frozen and bit-identical. The loss is MRControlNet's (eq. 7,
 :func:`ldpm.train.controlnet.controlnet_loss`): ``||eps - eps_theta(z_t, "", t, c_latent)||^2``,
 now with ``eps_theta`` = frozen denoiser + adapter + control branch.
@@ -16,7 +16,7 @@ now with ``eps_theta`` = frozen denoiser + adapter + control branch.
   group's training slices only. Both start from the trained ``controlnet`` stage's control
   branch, kept *frozen*, and train only the adapter: so the two adapters are deltas of one and
   the same generator and can be combined at sampling time (``set_adapters``, weights).
-* ``lora_eps_t1``, ``lora_eps_t2`` (the seed's "adapt the generative prior to a domain"): one
+* ``lora_eps_t1``, ``lora_eps_t2`` (adapting the generative prior to a domain): one
   adapter per contrast group on the frozen denoiser alone, trained with the denoiser's own loss
   ``||eps - eps_theta(z_t, "", t)||^2`` (:func:`ldpm.train.denoiser.denoiser_loss`) on the MR-VAE
   latents of that group's training slices; no control branch takes part. At sampling time the
@@ -42,17 +42,17 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
-from ..data.store import load_split
-from ..errors import LdpmInputError
-from ..methods.graph import LORA_EPS_STAGES, LORA_GROUP_STAGES, LORA_JOINT_STAGES, LORA_STAGES
-from ..models import MRControlNet, Sketcher, save_controlnet
-from ..models.controlnet import NULL_EMBEDDING_FILE
-from ..models.lora import DEFAULT_TARGETS, AdapterState, add_lora, count_parameters, save_lora
-from ..sampling import base_alphas_cumprod
-from .controlnet import controlnet_step_fn
-from .loop import freeze, resolve_n_steps, train
-from .presets import DEFAULT_CONFIG as LDPM_DEFAULT, PAPER_CONFIG as LDPM_PAPER
-from .runtime import Runtime
+from ...data.store import load_split
+from ...errors import LdpmInputError
+from ...models import MRControlNet, Sketcher, save_controlnet
+from ...models.controlnet import NULL_EMBEDDING_FILE
+from ...sampling import base_alphas_cumprod
+from ...train.controlnet import controlnet_step_fn
+from ...train.loop import freeze, resolve_n_steps, train
+from ...train.presets import DEFAULT_CONFIG as LDPM_DEFAULT, PAPER_CONFIG as LDPM_PAPER
+from ...train.runtime import Runtime
+from .graph import LORA_EPS_STAGES, LORA_GROUP_STAGES, LORA_JOINT_STAGES, LORA_STAGES
+from .models import DEFAULT_TARGETS, AdapterState, add_lora, count_parameters, save_lora
 
 #: the contrast groups (manifest ``contrast``; fastMRI's ``AXT1PRE`` is read as ``T1PRE``)
 T1_GROUP = ["T1", "T1PRE", "T1POST"]
@@ -175,8 +175,8 @@ def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str |
     """Add adapter ``adapter`` to the frozen ``denoiser`` and train only it with the denoiser's
     ε-loss on the latents of ``images`` divided by ``max |x_u|`` (and their mirror images if
     ``flip``), as the ``denoiser`` stage trains; returns the loop's meta dict."""
-    from ..models import NullContextEps
-    from .denoiser import denoiser_step_fn, training_latents
+    from ...models import NullContextEps
+    from ...train.denoiser import denoiser_step_fn, training_latents
 
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     rt = runtime or Runtime()
@@ -210,7 +210,7 @@ def run_lora_stage(stage: str, manifest: str | Path, images: torch.Tensor, cfg: 
                    out_dir: str | Path, deps: Mapping[str, Path], sd_path: str | None, seed: int,
                    runtime: Runtime | None = None) -> dict[str, Any]:
     """``ldpm train --stage lora_*``: build the generator the stage adapts, then :func:`train_lora`."""
-    from ..checkpoints import load_controlnet, load_prior, load_sketcher, load_vae
+    from ...checkpoints import load_controlnet, load_prior, load_sketcher, load_vae
 
     if stage not in LORA_STAGES:
         raise LdpmInputError(f"stage {stage!r}", "is not a LoRA stage", f"use one of: {', '.join(LORA_STAGES)}")

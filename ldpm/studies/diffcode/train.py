@@ -8,7 +8,7 @@ cropped with its target to ``patch x patch`` (so the degradation keeps the test 
 sample is a random crop of a real LQ/HQ pair. Every pair is divided by ``s = max(LQ)`` (from
 the LQ image alone, as at test time).
 
-Stages (see :mod:`ldpm.diffcode.config`): ``bank`` (eq. 3), ``retrieval`` (eq. 6, on the frozen
+Stages (see :mod:`ldpm.studies.diffcode.config`): ``bank`` (eq. 3), ``retrieval`` (eq. 6, on the frozen
 bank), ``restore`` (eq. 7 + the task classifier's cross-entropy when TARS is on, on the frozen
 bank and retrieval), ``unet`` / ``swinir`` (L1). Adam with cosine annealing from ``lr`` to
 ``lr_min`` (paper: 2e-4 -> 1e-6); TARS's task classifier keeps ``lr`` (:func:`param_groups`).
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import LdpmInputError
-from ..models.pretrained import loading_checkpoint
-from ..checkpoints import final_fix, read_final
-from ..device import resolve_device
-from ..train.loop import freeze, train
+from ...errors import LdpmInputError
+from ...models.pretrained import loading_checkpoint
+from ...checkpoints import final_fix, read_final
+from ...device import resolve_device
+from ...train.loop import freeze, train
 from .config import stage_dependencies, stage_kind
 from .data import read_task_pairs, split_pairs
 from .degradations import DATA_TASKS, MRI_TASKS, degrade
@@ -80,7 +80,7 @@ def _stack_pairs(task: str, cfg: Mapping, split: str) -> tuple[torch.Tensor, tor
 
 def load_task_data(cfg: Mapping, manifest: str | Path, split: str = "train") -> TaskData:
     """Every configured task's ``split`` images (MRI from the manifest, CT/PET from their folders)."""
-    from ..train.stages import training_images
+    from ...train.stages import training_images
 
     tasks = list(cfg["tasks"])
     mri = training_images(manifest, split) if any(t in MRI_TASKS for t in tasks) else None
@@ -124,8 +124,8 @@ def task_batch(data: TaskData, batch_size: int, patch: int, generator: torch.Gen
 
 def build_modules(cfg: Mapping) -> dict[str, nn.Module]:
     """The trainable networks of one stage config, freshly initialised."""
-    from ..models.swinir import SwinIR
-    from ..models.unet import UnetRecon
+    from ...models.swinir import SwinIR
+    from ...models.unet import UnetRecon
 
     kind, n_tasks = cfg["kind"], len(cfg["tasks"])
     if kind == "bank":
@@ -223,7 +223,7 @@ def load_frozen(cfg: Mapping, deps: Mapping[str, Path], device: torch.device | s
 
 def bank_loss(cfg: Mapping, net: VQAutoencoder, b: Mapping[str, torch.Tensor]):
     """Eq. 3 on a batch: ``(loss, scalars, z, codebook_index, codes)`` (the last three for
-    :meth:`~ldpm.diffcode.models.CodebookBank.reseed_dead`)."""
+    :meth:`~ldpm.studies.diffcode.models.CodebookBank.reseed_dead`)."""
     idx = b["task"] if cfg["codebook"] == "bank" else torch.zeros_like(b["task"])
     x, _ = pad_to_multiple(b["hq"], net.factor)
     loss, out, z, rq = net.loss(x, idx, float(cfg["model"]["commitment"]))

@@ -12,7 +12,7 @@ magnitude slice ``x`` (single-coil k-space of the RSS image, as everywhere in th
 * ``mri_denoise``: Rician noise ``|x + sigma n_1 + i sigma n_2|``, ``n_i ~ N(0, 1)``, with
   ``sigma`` relative to the volume's maximum (default 0.05).
 * ``ct_denoise`` / ``pet_synthesis``: real LQ/HQ pairs read from configured folders
-  (:mod:`ldpm.diffcode.data`); there is no simulated degradation for them.
+  (:mod:`ldpm.studies.diffcode.data`); there is no simulated degradation for them.
 
 Randomness: training draws everything from the loop's step generator; a test slice's noise and
 (for training-style masks) its mask come from :func:`ldpm.mri.masks.slice_seed`
@@ -26,10 +26,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..errors import LdpmInputError
-from ..mri import RandomMaskFunc, fft2c, ifft2c
-from ..mri.masks import slice_seed
-from ..seeding import seeded_generator
+from ...errors import LdpmInputError
+from ...mri import RandomMaskFunc, fft2c, ifft2c
+from ...mri.masks import slice_seed
+from ...seeding import seeded_generator
 
 #: Every task DiffCode knows, in table order. The first three are simulated from MRI slices.
 TASKS = ("mri_sr", "mri_recon", "mri_denoise", "ct_denoise", "pet_synthesis")

@@ -1,4 +1,4 @@
-"""Low-rank adapters (LoRA) on the denoiser U-Net's attention projections (seed 003).
+"""Low-rank adapters (LoRA) on the denoiser U-Net's attention projections.
 
 A LoRA adapter adds ``ΔW = (alpha / r) · B A`` (``A``: r x d_in, ``B``: d_out x r, ``B = 0`` at
 init) beside each targeted linear layer ``W`` of the frozen U-Net, so the adapted layer computes
@@ -19,9 +19,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from ..errors import LdpmInputError
-from ..logs import warnings_once
-from .pretrained import check_checkpoint_folder, loading_checkpoint
+from ...errors import LdpmInputError
+from ...logs import warnings_once
+from ...models.pretrained import check_checkpoint_folder, loading_checkpoint
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 #: the attention projections of every (self and cross) attention block of the U-Net
