@@ -1,5 +1,6 @@
 """The package's import graph, read with ``ast`` (every import statement, at module level or
-inside a function): no cycles, and inference never imports training."""
+inside a function): no cycles, inference never imports training (the core's nor a study's), and
+the core never imports a study."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ldpm"
 #: inference and reporting read checkpoints through ldpm.checkpoints, never ldpm.train; the
 #: baselines' modules, which inference reads too, leave the training loop to ldpm.train.baselines
 NO_TRAIN_IMPORTS = ("ldpm.methods", "ldpm.metrics", "ldpm.report", "ldpm.baselines")
+#: the studies (ldpm.studies): each registers itself with the core, which never imports one;
+#: only the command line and the Snakefile import them
+STUDIES = "ldpm.studies"
+ENTRY_POINTS = ("ldpm.cli",)
+#: a study's modules that train; its other modules (graph, networks, checkpoints, methods,
+#: evaluation, tables) are what inference and reporting read, and never import these or
+#: ldpm.train. The package itself (its declaration) names its trainer, inside a function.
+STUDY_TRAINING = ("train",)
 
 
 def _modules(root: Path = PACKAGE) -> dict[str, Path]:
@@ -94,6 +103,40 @@ def test_inference_metrics_and_report_never_import_training():
     bad = {m: sorted(d for d in deps if d == "ldpm.train" or d.startswith("ldpm.train."))
            for m, deps in import_graph().items() if m.startswith(NO_TRAIN_IMPORTS)}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
+
+
+def test_the_core_never_imports_a_study():
+    bad = {m: sorted(d for d in deps if _within(d, STUDIES)) for m, deps in import_graph().items()
+           if not _within(m, STUDIES) and m not in ENTRY_POINTS}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_a_studys_inference_modules_never_import_training():
+    """ldpm.studies.<study>.<module>: only its training modules import ldpm.train or them."""
+    graph = import_graph()
+    studies = {m.split(".")[2] for m in graph if _within(m, STUDIES) and m.count(".") >= 2}
+    assert {"lora", "diffcode"} <= studies
+    training = {f"{STUDIES}.{s}.{t}" for s in studies for t in STUDY_TRAINING}
+    declarations = {f"{STUDIES}.{s}" for s in studies}
+    bad = {m: sorted(d for d in deps if _within(d, "ldpm.train") or d in training)
+           for m, deps in graph.items()
+           if _within(m, STUDIES) and m not in training | declarations | {STUDIES}}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_the_studies_register_their_graph_without_torch():
+    """The command line and the Snakefile import ldpm.studies before they read a config: the
+    studies' declarations and the stages and methods they add cost no torch import."""
+    code = ("import sys, ldpm.studies, ldpm.methods.graph as g; "
+            "assert {s.name for s in g.studies()} == {'lora', 'diffcode'}; "
+            "assert 'lora_r4' in g.all_stages() and g.method_stages('ldpm_lora_mix_s10', False); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]
 
 
 def test_the_graph_the_schema_and_the_tables_learn_the_baselines_without_torch():

@@ -21,8 +21,8 @@ from ldpm.studies.diffcode.evaluate import EvalSet, restore_test_set, summarize,
 from ldpm.studies.diffcode.models import (TARM, CodebookBank, LatentRetrieval, Restorer,
                                           VQAutoencoder, residual_quantize, topk_gating)
 from ldpm.studies.diffcode.report import make_table1, make_table2
-from ldpm.studies.diffcode.train import (PriorReference, TaskData, load_frozen, load_stage,
-                                         stage_loss, task_batch, train_stage)
+from ldpm.studies.diffcode.checkpoints import PriorReference, load_stage
+from ldpm.studies.diffcode.train import TaskData, load_frozen, stage_loss, task_batch, train_stage
 from ldpm.errors import LdpmInputError
 from ldpm.mri import fft2c, ifft2c
 
@@ -373,7 +373,8 @@ def test_tars_routes_the_prior_from_the_lq_image_alone(config, tmp_path):
     output does not depend on the task id it is handed (only the oracle row's does), and the
     routing accuracy is the share of slices routed to their own task."""
     from ldpm.studies.diffcode.evaluate import MethodRunner
-    from ldpm.studies.diffcode.train import build_modules, save_stage
+    from ldpm.studies.diffcode.checkpoints import build_modules
+    from ldpm.studies.diffcode.train import save_stage
 
     torch.manual_seed(0)
     for stage in dcc.method_stages("diffcode"):

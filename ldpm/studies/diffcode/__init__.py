@@ -9,6 +9,7 @@ diffusion-enhanced vector-quantised codebook prior (Chen et al.), as its own met
   TARS (eq. 8);
 * :mod:`.config` the stages and methods (DiffCode, its Table 2 variants, all-in-one U-Net
   and SwinIR) and what each stage is trained from;
+* :mod:`.checkpoints` a trained stage read back, and the frozen prior of stages I + II;
 * :mod:`.train`, :mod:`.evaluate`, :mod:`.report` training through :func:`ldpm.train.loop.train`,
   per-task PSNR/SSIM/RMSE, and DiffCode's Tables 1 and 2.
 

@@ -31,10 +31,10 @@ from ...data.store import read_shard
 from ...errors import LdpmInputError
 from ...io import atomic_path, write_text_atomic
 from ...metrics.image import psnr, rmse, ssim
+from .checkpoints import PriorReference, load_stage
 from .config import ORACLE, method_stages, stage_kind
 from .data import read_task_pairs, split_pairs, task_availability
 from .degradations import MRI_TASKS, degrade_test_slices, slice_generator, task_title
-from .train import PriorReference, load_stage
 
 METRICS = ("psnr", "ssim", "rmse")
 DEFINITIONS = (

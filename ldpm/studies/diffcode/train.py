@@ -26,19 +26,17 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ...errors import LdpmInputError
-from ...models.pretrained import loading_checkpoint
-from ...checkpoints import final_fix, read_final
 from ...device import resolve_device
-from ...train.loop import freeze, train
+from ...errors import LdpmInputError
+from ...train.loop import train
+from .checkpoints import PriorReference, build_modules, load_stage
 from .config import stage_dependencies, stage_kind
 from .data import read_task_pairs, split_pairs
 from .degradations import DATA_TASKS, MRI_TASKS, degrade
-from .models import (Generators, LatentRetrieval, Restorer, VQAutoencoder, cosine_lr,
-                     pad_to_multiple)
+from .models import VQAutoencoder, cosine_lr, pad_to_multiple
 
 
 # ------------------------------------------------------------------------------------ data
@@ -120,68 +118,13 @@ def task_batch(data: TaskData, batch_size: int, patch: int, generator: torch.Gen
             "task": task_idx.to(device), "scale": scale.to(device)}
 
 
-# ------------------------------------------------------------------------- saving/loading
-
-def build_modules(cfg: Mapping) -> dict[str, nn.Module]:
-    """The trainable networks of one stage config, freshly initialised."""
-    from ...models.swinir import SwinIR
-    from ...models.unet import UnetRecon
-
-    kind, n_tasks = cfg["kind"], len(cfg["tasks"])
-    if kind == "bank":
-        return {"vq": VQAutoencoder(cfg["model"], n_tasks if cfg["codebook"] == "bank" else 1)}
-    if kind == "retrieval":
-        return {"retrieval": LatentRetrieval(cfg["model"], cfg["mode"])}
-    if kind == "restore":
-        v = cfg["variant"]
-        return {"restorer": Restorer(cfg["model"], n_tasks, v["prior"] is not None, v["tars"], v["top_k"])}
-    if kind == "unet":
-        return {"model": UnetRecon(cfg["model"])}
-    return {"model": SwinIR({**cfg["model"], "in_channels": 1, "out_channels": 1})}
-
+# ---------------------------------------------------------------------------------- saving
 
 def save_stage(folder: Path, cfg: Mapping, modules: Mapping[str, nn.Module]) -> None:
     (folder / "config.json").write_text(json.dumps(dict(cfg), indent=2, sort_keys=True) + "\n")
     save_file({f"{name}.{k}": v.detach().cpu().contiguous()
                for name, m in modules.items() for k, v in m.state_dict().items()},
               folder / "model.safetensors")
-
-
-def load_stage(folder: str | Path, device: torch.device | str = "cpu",
-               expect: str | None = None) -> tuple[dict, dict[str, nn.Module]]:
-    """``(config, modules)`` of a trained stage (its training folder or ``final/``), frozen."""
-    final, cfg = read_final(folder, "DiffCode stage", "run `ldpm diffcode-train` for it first")
-    if expect is not None and cfg.get("stage") != expect:
-        raise LdpmInputError(final, f"holds stage {cfg.get('stage')!r}, not {expect!r}",
-                             f"pass the diffcode_{expect} training folder")
-    with loading_checkpoint(final, final_fix(final)):
-        modules = build_modules(cfg)
-        state = load_file(final / "model.safetensors")
-        for name, m in modules.items():
-            m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items()
-                               if k.startswith(f"{name}.")})
-    for m in modules.values():
-        freeze(m.to(device))
-    return cfg, modules
-
-
-class PriorReference(nn.Module):
-    """Stages I + II frozen: LQ -> ``ẑ`` (retrieval) -> RQ with the task's codebook -> ``I_ref``."""
-
-    def __init__(self, bank_cfg: Mapping, vq: VQAutoencoder, retrieval: LatentRetrieval):
-        super().__init__()
-        self.tasks, self.single = list(bank_cfg["tasks"]), bank_cfg["codebook"] != "bank"
-        self.vq, self.retrieval = vq, retrieval
-
-    def codebook_index(self, task_idx: torch.Tensor) -> torch.Tensor:
-        """The codebook of each sample's task (the bank), or codebook 0 (the single codebook)."""
-        return torch.zeros_like(task_idx) if self.single else task_idx
-
-    @torch.no_grad()
-    def forward(self, lq: torch.Tensor, task_idx: torch.Tensor, generators: Generators) -> torch.Tensor:
-        x, (h, w) = pad_to_multiple(lq, self.vq.factor)
-        z_hat = self.retrieval(x, generators)
-        return self.vq.reference(z_hat, self.codebook_index(task_idx))[..., :h, :w]
 
 
 def load_prior(deps: Mapping[str, Path], stage_cfg: Mapping, device: torch.device | str = "cpu") -> PriorReference:
