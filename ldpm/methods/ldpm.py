@@ -111,7 +111,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     """Reconstruct every slice with LDPM (or one of its ablations) -> [N, H, W] magnitudes.
 
     ``models``: ``(sketcher, vae, mrcn)`` to use instead of loading them from ``checkpoints``
-    (the LoRA generators of :mod:`ldpm.methods.lora`). The seconds spent sampling (loading
+    (e.g. a study's generator with an adapted denoiser). The seconds spent sampling (loading
     excluded) go to ``options["timings"]["sampling_seconds"]`` when that dict is given.
     """
     from ..models import vae_decode, vae_encode

@@ -5,7 +5,7 @@ Models are built from config dicts and know nothing of data files or training.
 
 import importlib
 
-# Names are imported lazily (PEP 562): ``from ldpm.models.unet import ...`` (e.g. by the DiffCode
+# Names are imported lazily (PEP 562): ``from ldpm.models.unet import ...`` (e.g. by a study's
 # stages) does not pull in diffusers through the ControlNet/VAE modules.
 _HOMES = {
     **dict.fromkeys(["MRControlNet", "NullContextEps", "build_controlnet", "build_denoiser",

@@ -6,7 +6,7 @@ resumable loop in :mod:`ldpm.train.loop`. What they write is read back by :mod:`
 
 import importlib
 
-# Names are imported lazily (PEP 562), so that ``import ldpm.train.loop`` (e.g. by the DiffCode
+# Names are imported lazily (PEP 562), so that ``import ldpm.train.loop`` (e.g. by a study's
 # stages) does not pull in diffusers through the LDPM stage modules.
 _HOMES = {
     "train_controlnet": "controlnet", "train_denoiser": "denoiser",

@@ -72,7 +72,7 @@ def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
                        images: torch.Tensor, cfg: Mapping[str, Any], opt: torch.optim.Optimizer,
                        abar: torch.Tensor, seed: int, rt: Runtime, n_steps: int):
     """One optimisation step of the ε-loss (eq. 7) on a random batch, for the shared loop
-    (also used by the LoRA stages, whose optimizer holds adapter and/or control weights).
+    (also used by a study's stages whose optimizer holds other weights, e.g. adapters).
     Each parameter group's learning rate follows ``lr_schedule`` relative to its own base.
 
     ``cfg["n_masks"]``: ``None`` draws new masks at every step (:func:`controlnet_loss`); an
