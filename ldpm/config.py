@@ -238,6 +238,47 @@ def check_split_fractions(fractions: Mapping[str, Any], where: str = "data.split
     return fractions
 
 
+#: the keys that set how a stage reads its data and steps, and what a stage does without them
+#: (the whole split in memory, one batch per step, float32); ``train.<key>`` sets one for every
+#: stage that takes it (:func:`run_keys`), ``train.stages.<stage>.<key>`` for one stage
+RUN_KEYS: dict[str, Any] = {"loader": "memory", "loader_workers": None, "grad_accum": 1,
+                            "amp": None}
+#: LDPM's stages that train on the MR slices; ``vae_natural`` trains on photographs
+#: (:mod:`ldpm.data.natural`, a fixed set built in memory) and a study's stages train as their
+#: study does, both from memory
+_LDPM_STREAM_STAGES = ("sketcher", "vae", "denoiser", "controlnet")
+
+
+def stream_stages() -> tuple[str, ...]:
+    """The stages that can stream their training images (``loader: stream``): LDPM's MR stages
+    and every trained baseline (:mod:`ldpm.baselines`)."""
+    from .baselines import baselines
+
+    return _LDPM_STREAM_STAGES + tuple(baselines())
+
+
+def run_keys(stage: str) -> tuple[str, ...]:
+    """The :data:`RUN_KEYS` ``stage`` takes: all of them for LDPM's MR stages; ``loader``,
+    ``loader_workers`` and ``grad_accum`` for a trained baseline (they train in float32: the
+    data-consistency and k-space terms of their networks and losses run FFTs, which bf16
+    autocast cannot); none for the others."""
+    if stage in _LDPM_STREAM_STAGES:
+        return tuple(RUN_KEYS)
+    if stage in stream_stages():
+        return ("loader", "loader_workers", "grad_accum")
+    return ()
+
+
+def stage_overrides(train: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """What ``ldpm train --overrides`` gets for ``stage`` from the config's ``train`` block: its
+    ``train.stages.<stage>`` entry over the global ``train.<key>`` of each :func:`run_keys`
+    key (a global key at its :data:`RUN_KEYS` value is left out, so a config without global
+    keys and one with them at their defaults give the same overrides)."""
+    inherited = {k: train[k] for k in run_keys(stage)
+                 if k in train and train[k] != RUN_KEYS[k]}
+    return {**inherited, **((train.get("stages") or {}).get(stage) or {})}
+
+
 def validate_stage_overrides(stage: str, overrides: Mapping[str, Any],
                              where: str = "config") -> dict:
     """``train.stages.<stage>`` checked against its schema (keys, types, ranges); returns it

@@ -68,10 +68,9 @@ def _stage_presets():
 
 
 def test_stage_schemas_have_exactly_the_presets_keys():
-    """... and the streaming stages the run keys (loader, grad_accum, ...) besides."""
-    from ldpm.config import load_schema
+    """... and the streaming stages the run keys they take (loader, grad_accum, ...) besides."""
+    from ldpm.config import load_schema, run_keys as stage_run_keys
     from ldpm.methods.graph import all_stages
-    from ldpm.train.stages import RUN_KEYS, STREAM_STAGES
 
     STAGES = all_stages()
 
@@ -81,7 +80,7 @@ def test_stage_schemas_have_exactly_the_presets_keys():
     for preset, configs in _stage_presets().items():
         for stage in STAGES:
             ref = stages[stage]["$ref"].rsplit("/", 1)[-1]
-            run_keys = set(RUN_KEYS) if stage in STREAM_STAGES else set()
+            run_keys = set(stage_run_keys(stage))
             assert not run_keys & set(configs[stage]), (preset, stage)
             assert set(schema["$defs"][ref]["properties"]) == set(configs[stage]) | run_keys, \
                 (preset, stage)

@@ -15,7 +15,8 @@
   next epoch), loaded by a ``DataLoader`` with ``workers`` worker processes. Its position,
   ``{"epoch", "index"}`` (the next sample of this rank's shard), is saved in the stage's
   ``last.pt`` (:func:`ldpm.train.loop.train`), so a resumed run reads the batches an
-  uninterrupted one would.
+  uninterrupted one would. :meth:`~SliceStream.chunks` reads the whole split in order, for
+  what a stage computes once over every image (latents, a scale).
 """
 
 from __future__ import annotations
@@ -212,6 +213,16 @@ class SliceStream:
         self.epoch += self.index // len(self.sampler)
         self.index %= len(self.sampler)
         return batch.to(self.device, non_blocking=self.device.type == "cuda")
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        """Every slice of the split (not only this rank's shard) in the dataset's order,
+        ``size`` at a time [<= size, 1, H, W] on :attr:`device`, read by a DataLoader of its
+        own (:attr:`workers` workers): the rows of :func:`ldpm.train.stages.training_images`
+        chunk by chunk. The stream's position is left as it is."""
+        cuda = self.device.type == "cuda"
+        for batch in DataLoader(self.dataset, batch_size=size, shuffle=False,
+                                num_workers=self.workers, pin_memory=cuda):
+            yield batch.to(self.device, non_blocking=cuda)
 
     def _stop(self) -> None:
         self._it = None  # the DataLoader iterator shuts its workers down when collected

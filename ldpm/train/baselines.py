@@ -2,12 +2,17 @@
 declares its network, loss and presets). All are trained from scratch on our nPI data
 (single-coil k-space of the RSS image); no official weights are downloaded.
 
-Data: ``images`` [N, 1, H, W] magnitudes in [0, 1]. Each step draws a batch (with replacement)
-and per-sample 8x masks seeded ``(seed, step, i)`` (:func:`ldpm.train.loop.undersampled_batch`),
-all from the shared resumable loop. ``crop`` (random ``crop x crop`` windows): an image-domain
-baseline (:attr:`ldpm.baselines.Baseline.image_domain`) is undersampled on whole images and the
-(zero-filled, target) pair is cropped after (:func:`crop_pair`), so the aliasing keeps the test
-scale; for the others the image is cropped first.
+Data: ``images`` [N, 1, H, W] magnitudes in [0, 1], or a
+:class:`ldpm.data.dataset.SliceStream` of them (stage key ``loader: stream``). Each step draws
+a batch (with replacement; from a stream: its next samples) and per-sample 8x masks seeded
+``(seed, step, i)`` (:func:`ldpm.train.loop.undersampled_batch`), all from the shared resumable
+loop; ``grad_accum`` splits the batch into micro-batches whose gradients are accumulated
+(:func:`ldpm.train.loop.accumulate_logged`; sample ``i`` keeps its mask). The baselines train
+in float32 (no ``amp`` key: :func:`ldpm.config.run_keys`). ``crop`` (random ``crop x crop``
+windows): an image-domain baseline (:attr:`ldpm.baselines.Baseline.image_domain`) is
+undersampled on whole images and the (zero-filled, target) pair is cropped after
+(:func:`crop_pair`), so the aliasing keeps the test scale; for the others the image is cropped
+first.
 
 Scale: every method sees its input divided by ``s = max |F^-1(k_u)|`` (per slice, from the
 measurement alone) and its output is multiplied back by ``s``, in training and at inference, so
@@ -32,9 +37,10 @@ from torch import nn
 
 from ..baselines import baseline, baselines
 from ..checkpoints import build_baseline, load_baseline
+from ..data.dataset import SliceStream
 from ..errors import LdpmInputError
-from .loop import (WeightAverage, crop_pair, make_batch, random_batch, resolve_n_steps,
-                   stage_masks, sync_gradients, train)
+from .loop import (WeightAverage, accumulate_logged, crop_pair, make_batch, random_batch,
+                   resolve_n_steps, stage_masks, step_settings, sync_gradients, train)
 from .presets import AUGMENT
 from .runtime import Runtime
 
@@ -98,18 +104,20 @@ def make_optimizer(cfg: Mapping[str, Any], params) -> torch.optim.Optimizer:
 # Training
 
 
-def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | None,
+def train_baseline(name: str, images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
                    ckpt_dir: str | Path, seed: int = 0, n_steps: int | None = None,
                    log: bool = True, stop_after: int | None = None,
                    runtime: Runtime | None = None) -> nn.Module:
-    """Train baseline ``name`` on ``images`` [N, 1, H, W] in [0, 1]; resumable from
-    ``ckpt_dir/last.pt``; writes ``ckpt_dir/final`` and returns the (EMA) model in eval mode.
+    """Train baseline ``name`` on ``images`` [N, 1, H, W] in [0, 1] (or a :class:`SliceStream`
+    of them); resumable from ``ckpt_dir/last.pt``; writes ``ckpt_dir/final`` and returns the
+    (EMA) model in eval mode.
 
     ``cfg``: overrides of :data:`DEFAULT_CONFIGS` ``[name]`` (shallow per key).
     """
     cfg = baseline_config(name, cfg)
     rt = runtime or Runtime()
-    images = torch.as_tensor(images, dtype=torch.float32)
+    if not isinstance(images, SliceStream):
+        images = torch.as_tensor(images, dtype=torch.float32)
     if images.ndim != 4 or images.shape[1] != 1:
         raise LdpmInputError("train images", f"shape {tuple(images.shape)}", "pass [N, 1, H, W]")
     images = images.to(rt.device)
@@ -126,19 +134,22 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
     notes = [crit.note] if getattr(crit, "note", None) else []
     clip = cfg.get("grad_clip")
     image_domain = declared.image_domain
+    accum, micro, _ = step_settings(cfg, rt, name)
 
-    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
+    def micro_step(step: int, j: int, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
         crop = cfg.get("crop")
-        x = random_batch(images, rt.local_batch(int(cfg["batch_size"])),
-                         None if image_domain else crop, gen, cfg.get("augment"))
-        batch = make_batch(x, *stage_masks(cfg), seed, step)
+        x = random_batch(images, micro, None if image_domain else crop, gen, cfg.get("augment"))
+        batch = make_batch(x, *stage_masks(cfg), seed, step, first=j * micro)
         if image_domain and crop:
             batch = crop_pair(batch, int(crop), gen)
-        loss, out = compute_loss(name, model, batch, cfg, gen, crit)
+        return compute_loss(name, model, batch, cfg, gen, crit)
+
+    def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, steps_per_epoch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out = accumulate_logged(lambda j, g: micro_step(step, j, g), accum, gen)
         if clip:
             sync_gradients(opt, rt)  # clip the averaged gradients, as DistributedDataParallel does
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
@@ -154,7 +165,7 @@ def train_baseline(name: str, images: torch.Tensor, cfg: Mapping[str, Any] | Non
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
                  int(cfg["ckpt_every"]), log, f"baseline_{name}", cfg, notes, stop_after,
-                 runtime=rt)
+                 runtime=rt, loader=images if isinstance(images, SliceStream) else None)
     if meta["steps_done"] == n_steps:
         return load_baseline(ckpt_dir)[0]
     return average.weights.eval()

@@ -2,6 +2,11 @@
 
 ``L = ||eps - eps_theta(z_t, "", t)||^2`` with ``z_t`` from eq. 6 on SD's schedule (T = 1000).
 It stands in for SD's U-Net as the frozen prior of MRControlNet.
+
+The latents are computed once before training (:func:`training_latents`) from the images
+chunk by chunk, so with ``loader: stream`` the split is read from its stores and never held as
+one tensor (the latents are; they are 16x smaller than the images at an 8x VAE with 4 latent
+channels). ``grad_accum`` and ``amp`` (bf16 autocast on CUDA) work as in the other stages.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from ..checkpoints import load_denoiser
+from ..data.dataset import SliceStream
 from ..models import NullContextEps, build_denoiser, null_text_embedding, vae_encode
 from ..models.controlnet import NULL_EMBEDDING_FILE
 from ..sampling import base_alphas_cumprod
-from .loop import WeightAverage, random_batch, resolve_n_steps, scheduled_lr, set_lr, train
+from .loop import (WeightAverage, accumulate, random_batch, resolve_n_steps, scheduled_lr, set_lr,
+                   step_settings, train)
 from .presets import DEFAULT_CONFIG
-from .runtime import Runtime
-from .vae import normalised_images
+from .runtime import Runtime, autocast
+from .vae import normalised_chunks
 
 STAGE = "denoiser"
 
@@ -48,45 +55,54 @@ def denoiser_loss(eps_model: torch.nn.Module, z: torch.Tensor, abar: torch.Tenso
     return F.mse_loss(eps_model(z_t, t), eps)
 
 
-def training_latents(vae: AutoencoderKL, images: torch.Tensor, cfg: Mapping[str, Any],
-                     seed: int) -> torch.Tensor:
+def training_latents(vae: AutoencoderKL, images: torch.Tensor | SliceStream,
+                     cfg: Mapping[str, Any], seed: int) -> torch.Tensor:
     """The latents a denoiser trains on: ``E(x / max |x_u|)`` of every image (the intensity scale
-    of reconstruction) and, with ``flip``, of its mirror image."""
-    images = normalised_images(images, cfg, seed)
-    latents = encode_images(vae, images)
-    if cfg.get("flip"):
-        latents = torch.cat([latents, encode_images(vae, images.flip(-1))])
-    return latents
+    of reconstruction) and, with ``flip``, of its mirror image (after all the others); the
+    images are normalised and encoded chunk by chunk (:func:`ldpm.train.vae.normalised_chunks`)."""
+    latents, mirrored = [], []
+    for x in normalised_chunks(images, cfg, seed):
+        latents.append(encode_images(vae, x))
+        if cfg.get("flip"):
+            mirrored.append(encode_images(vae, x.flip(-1)))
+    return torch.cat(latents + mirrored)
 
 
 def denoiser_step_fn(eps_model: torch.nn.Module, latents: torch.Tensor, cfg: Mapping[str, Any],
                      opt: torch.optim.Optimizer, n_steps: int, rt: Runtime, after_step=None):
     """One training step of the ε-loss on a seeded batch of ``latents`` (``cfg``: ``lr``,
-    ``lr_schedule``, ``batch_size``, ``crop`` in pixels); ``after_step(step)`` runs after the update."""
+    ``lr_schedule``, ``batch_size``, ``crop`` in pixels, and ``grad_accum``, ``amp`` if set);
+    ``after_step(step)`` runs after the update."""
     abar = base_alphas_cumprod()
     crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
+    accum, micro, amp = step_settings(cfg, rt, STAGE)
+
+    def micro_loss(j: int, g: torch.Generator) -> torch.Tensor:
+        z = random_batch(latents, micro, crop, g)
+        with autocast(amp, rt.device):
+            return denoiser_loss(eps_model, z, abar, g)
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         set_lr(opt, scheduled_lr(cfg, step, n_steps))
-        z = random_batch(latents, rt.local_batch(int(cfg["batch_size"])), crop, gen)
-        loss = denoiser_loss(eps_model, z, abar, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate(micro_loss, accum, gen)
         opt.step()
         if after_step is not None:
             after_step(step)
-        return {"loss": loss.item()}
+        return {"loss": loss}
 
     return step_fn
 
 
-def train_denoiser(images: torch.Tensor, cfg: Mapping[str, Any] | None, ckpt_dir: str | Path,
+def train_denoiser(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
+                   ckpt_dir: str | Path,
                    vae: AutoencoderKL, seed: int = 0, n_steps: int | None = None,
                    log: bool = True, stop_after: int | None = None,
                    runtime: Runtime | None = None) -> tuple[UNet2DConditionModel, torch.Tensor]:
-    """Train a config-built U-Net on the latents of ``images`` divided by ``max |x_u|`` (and
-    their mirror images if ``flip``); writes ``ckpt_dir/final`` (``save_pretrained`` + null embedding) and returns
-    ``(unet, null_embedding)``."""
+    """Train a config-built U-Net on the latents of ``images`` (a tensor or a
+    :class:`SliceStream`) divided by ``max |x_u|`` (and their mirror images if ``flip``);
+    writes ``ckpt_dir/final`` (``save_pretrained`` + null embedding) and returns ``(unet,
+    null_embedding)``."""
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
     rt = runtime or Runtime()

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
 from ..logs import warnings_once
 from ..models.pretrained import loading_checkpoint
 from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
-from .runtime import Runtime
+from .runtime import Runtime, autocast
 
 StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
 
@@ -226,6 +226,48 @@ def accumulate(micro_loss: Callable[[int, torch.Generator], torch.Tensor], accum
         (loss if accum == 1 else loss / accum).backward()
         total += loss.item()
     return total / accum
+
+
+def accumulate_logged(micro_step: Callable[[int, torch.Generator],
+                                           tuple[torch.Tensor, Mapping[str, float]]],
+                      accum: int, generator: torch.Generator) -> dict[str, float]:
+    """:func:`accumulate` for a ``micro_step(j, g_j)`` that returns its loss and the scalars to
+    log; returns each scalar's mean over the micro-batches (with one, its scalars as given)."""
+    logs: list[Mapping[str, float]] = []
+
+    def micro_loss(j: int, g: torch.Generator) -> torch.Tensor:
+        loss, scalars = micro_step(j, g)
+        logs.append(scalars)
+        return loss
+
+    accumulate(micro_loss, accum, generator)
+    if accum == 1:
+        return dict(logs[0])
+    return {k: sum(float(o[k]) for o in logs) / accum for k in logs[0]}
+
+
+def step_settings(cfg: Mapping[str, Any], runtime: Runtime,
+                  stage: str) -> tuple[int, int, str | None]:
+    """``(grad_accum, micro_batch, amp)`` of a stage config: micro-batches per step, the
+    samples of each (:func:`micro_batch` of ``batch_size``) and the autocast mode, refused here
+    (naming ``train.stages.<stage>.amp``) where the device cannot run it."""
+    accum = int(cfg.get("grad_accum") or 1)
+    micro = micro_batch(runtime, int(cfg["batch_size"]), accum)
+    amp = cfg.get("amp")
+    autocast(amp, runtime.device, f"train.stages.{stage}.amp")
+    return accum, micro, amp
+
+
+def image_chunks(images: torch.Tensor | SliceStream, size: int) -> Iterator[torch.Tensor]:
+    """The whole split in its order, ``size`` images at a time (the last chunk may be
+    shorter): slices of a tensor, or read from the stores of a :class:`SliceStream`
+    (:meth:`~ldpm.data.dataset.SliceStream.chunks`, the same values), for what a stage computes
+    once over every image (latents, a scale) without holding the images in one tensor."""
+    if isinstance(images, SliceStream):
+        yield from images.chunks(size)
+    else:
+        for i in range(0, len(images), size):
+            yield images[i:i + size]
 
 
 def micro_batch(runtime: Runtime, batch_size: int, accum: int) -> int:

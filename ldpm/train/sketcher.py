@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from ..checkpoints import load_sketcher
 from ..models import Sketcher, SwinIR
 from ..data.dataset import SliceStream
-from .loop import (accumulate, crop_pair, make_batch, micro_batch, random_batch, resolve_n_steps,
-                   scheduled_lr, set_lr, stage_masks, train)
+from .loop import (accumulate, crop_pair, make_batch, random_batch, resolve_n_steps, scheduled_lr,
+                   set_lr, stage_masks, step_settings, train)
 from .presets import DEFAULT_CONFIG
 from .runtime import Runtime, autocast
 
@@ -50,10 +50,7 @@ def train_sketcher(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | 
     cfg = {**DEFAULT_CONFIG[STAGE], **(cfg or {})}
     rt = runtime or Runtime()
     n_steps = resolve_n_steps(cfg, len(images), n_steps)
-    accum = int(cfg.get("grad_accum") or 1)
-    micro = micro_batch(rt, int(cfg["batch_size"]), accum)
-    amp = cfg.get("amp")
-    autocast(amp, rt.device, f"train.stages.{STAGE}.amp")  # refused here, before training
+    accum, micro, amp = step_settings(cfg, rt, STAGE)  # amp refused here, before training
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Sketcher(SwinIR(cfg["model"])).to(rt.device)

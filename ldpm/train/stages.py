@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_prior
+from ..config import RUN_KEYS, stream_stages
 from ..data.dataset import SliceDataset, SliceStream
 from ..data.store import load_split
 from ..errors import LdpmInputError
@@ -31,12 +32,10 @@ from ..methods.graph import BASELINES as BASELINE_STAGES, all_stages, stage_stud
 from .runtime import Runtime
 
 #: the stages that can stream their training images (``loader: stream``); they take the
-#: :data:`RUN_KEYS` besides their preset's keys
-STREAM_STAGES = ("sketcher",)
-#: those keys and what a stage does without them (the whole split in memory, one batch per
-#: step, float32); :func:`stage_config` drops a key set to this value, so the stage config,
-#: its checkpoint and its ``meta.json`` are those of a run without it
-RUN_KEYS = {"loader": "memory", "loader_workers": None, "grad_accum": 1, "amp": None}
+#: :data:`ldpm.config.RUN_KEYS` that :func:`ldpm.config.run_keys` names besides their preset's
+#: keys. :func:`stage_config` drops a run key set to its ``RUN_KEYS`` value, so the stage
+#: config, its checkpoint and its ``meta.json`` are those of a run without it
+STREAM_STAGES = stream_stages()
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
@@ -118,6 +117,8 @@ def run_stage(stage: str, manifest: str | Path, out_dir: str | Path, overrides: 
     cfg = stage_config(stage, overrides, preset, masks)
     if cfg.get("loader", "memory") == "stream":
         images = training_stream(manifest, seed, rt, cfg.get("loader_workers"))
+    elif stage == "vae_natural":  # trains on photographs of the slices' size (ldpm.data.natural)
+        images = torch.empty((0, 1, *SliceDataset(manifest, "train").image_shape))
     else:
         images = training_images(manifest)
     try:

@@ -1,6 +1,8 @@
 # Training: LDPM's stages (sketcher -> MR-VAE -> [latent denoiser] -> MRControlNet) and the
 # trained baselines. Each stage resumes from results/models/<stage>/last.pt when rerun.
 
+from ldpm.config import stage_overrides
+
 
 rule train:
     """Train one stage on the manifest's training split."""
@@ -12,7 +14,8 @@ rule train:
     wildcard_constraints:
         stage="|".join(CHAIN_STAGES) or "^$",
     params:
-        overrides=lambda wc: as_json(config["train"]["stages"].get(wc.stage, {})),
+        # train.stages.<stage> over the global run keys it takes (train.loader, ...)
+        overrides=lambda wc: as_json(stage_overrides(config["train"], wc.stage)),
         deps=lambda wc: named_args("--dep", ((d, f"results/models/{d}")
                                              for d in stage_dependencies(wc.stage, WITH_SD))),
         preset=config["train"]["preset"],
