@@ -115,6 +115,47 @@ def test_the_core_never_imports_a_study():
     assert {m: d for m, d in bad.items() if d} == {}
 
 
+def _code_words(tree: ast.AST) -> set[str]:
+    """The names a module's code uses (identifiers, attributes, imported names, string
+    constants), its docstrings and comments left out."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr)
+                  and isinstance(n.body[0].value, ast.Constant)}
+    words: set[str] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            words.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            words.add(n.attr)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words.add(n.name)
+        elif isinstance(n, ast.alias):
+            words.update([n.name, n.asname or ""])
+        elif isinstance(n, ast.ImportFrom):
+            words.add(n.module or "")
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
+            words.add(n.value)
+    return words
+
+
+def test_the_core_names_no_study():
+    """Outside ldpm.studies (and the command line, which has DiffCode's own commands), no code
+    names a study, its stages or its methods: the core asks the registered studies."""
+    import ldpm.studies  # noqa: F401
+    from ldpm.methods.graph import studies
+
+    names = {n for s in studies() for n in (s.name, *s.stages, *s.methods)}
+    found = {}
+    for mod, path in _modules().items():
+        if _within(mod, STUDIES) or mod in ENTRY_POINTS:
+            continue
+        words = _code_words(ast.parse(path.read_text(), str(path)))
+        hits = sorted(w for w in words if w in names or any(s.name in w.lower() for s in studies()))
+        found.update({mod: hits} if hits else {})
+    assert found == {}
+
+
 def test_a_studys_inference_modules_never_import_training():
     """ldpm.studies.<study>.<module>: only its training modules import ldpm.train or them."""
     graph = import_graph()
