@@ -125,8 +125,8 @@ def _spy_masks(monkeypatch) -> list[tuple[tuple[int, ...], torch.Tensor]]:
     seen = []
     real = loop.undersampled_batch
 
-    def spy(x, acceleration, center_fraction, seed, step):
-        out = real(x, acceleration, center_fraction, seed, step)
+    def spy(x, acceleration, center_fraction, seed, step, first=0):
+        out = real(x, acceleration, center_fraction, seed, step, first)
         seen.append((tuple(x.shape), out[2].detach().clone(), acceleration, center_fraction))
         return out
 
