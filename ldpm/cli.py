@@ -189,17 +189,17 @@ def diffcode_train(a: argparse.Namespace) -> None:
 
     if a.config.get("stage") != a.stage:
         raise LdpmInputError("--config", f"is the config of stage {a.config.get('stage')!r}, not {a.stage!r}",
-                             "pass ldpm.studies.diffcode.config.stage_config(config, stage) as JSON")
+                             "pass ldpm.studies.diffcode.config.diffcode_stage_config(config, stage) as JSON")
     train_stage(a.config, a.manifest, a.out_dir, a.seed, deps=dict(a.dep or []), device=a.device)
 
 
 @command
 def diffcode_evaluate(a: argparse.Namespace) -> None:
     """Score one DiffCode-family method on every task's test set (PSNR/SSIM/RMSE per task)."""
-    from .studies.diffcode.evaluate import evaluate_method
+    from .studies.diffcode.evaluate import evaluate_diffcode_method
 
-    evaluate_method(a.method, a.shards, dict(a.model or []), a.config, a.output, a.per_volume,
-                    device=a.device)
+    evaluate_diffcode_method(a.method, a.shards, dict(a.model or []), a.config, a.output, a.per_volume,
+                             device=a.device)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,7 +55,7 @@ def phantoms() -> torch.Tensor:
 
 
 def task_data(config, phantoms) -> TaskData:
-    cfg = dcc.stage_config(config, "bank")
+    cfg = dcc.diffcode_stage_config(config, "bank")
     return TaskData(cfg["tasks"], cfg["levels"], phantoms)
 
 
@@ -79,10 +79,10 @@ def test_residual_quantisation_reduces_the_residual_at_each_depth():
 # ------------------------------------------------------------------------------ codebook bank
 
 def _prior(config, codebook: str) -> PriorReference:
-    cfg = dcc.stage_config(config, "bank")
+    cfg = dcc.diffcode_stage_config(config, "bank")
     torch.manual_seed(0)
     vq = VQAutoencoder(cfg["model"], 3 if codebook == "bank" else 1).eval()
-    retr = LatentRetrieval(dcc.stage_config(config, "retrieval")["model"], "diffusion").eval()
+    retr = LatentRetrieval(dcc.diffcode_stage_config(config, "retrieval")["model"], "diffusion").eval()
     return PriorReference({"tasks": cfg["tasks"], "codebook": codebook}, vq, retr)
 
 
@@ -121,7 +121,7 @@ def test_tars_gating_selects_exactly_k_experts(config, k):
     assert ((w > 0).sum(1) == k).all() and torch.allclose(w.sum(1), torch.ones(6))
     assert torch.equal(torch.sort(w.topk(k, 1).indices, 1).values, torch.sort(v.topk(k, 1).indices, 1).values)
     # inside the restorer: every image routes through exactly k of the E experts
-    model = {**dcc.stage_config(config, "restore")["model"], "experts": 4}
+    model = {**dcc.diffcode_stage_config(config, "restore")["model"], "experts": 4}
     net = Restorer(model, n_tasks=3, with_prior=True, tars=True, top_k=k)
     _, weights = net.gating(torch.rand(5, 1, 32, 32))
     assert weights.shape == (5, 4) and ((weights > 0).sum(1) == k).all()
@@ -166,7 +166,7 @@ def test_a_few_training_steps_lower_every_stage_loss(config, phantoms, tmp_path)
     stages = ["bank", "retrieval", "retrieval_direct", "restore", "restore_v1", "unet", "swinir"]
     deps = {s: tmp_path / s for s in stages}
     for stage in stages:
-        cfg = dcc.stage_config(config, stage)
+        cfg = dcc.diffcode_stage_config(config, stage)
         meta = train_stage(cfg, "unused.csv", tmp_path / stage, seed=0, deps=deps, log=False, data=data)
         assert meta["steps_done"] == cfg["n_steps"] and (tmp_path / stage / "final" / "model.safetensors").is_file()
         train_stage({**cfg, "n_steps": 1}, "unused.csv", tmp_path / f"{stage}_1", seed=0, deps=deps,
@@ -179,7 +179,7 @@ def test_a_few_training_steps_lower_every_stage_loss(config, phantoms, tmp_path)
 
 
 def test_bank_training_resumes_bit_for_bit(config, phantoms, tmp_path):
-    data, cfg = task_data(config, phantoms), {**dcc.stage_config(config, "bank"), "n_steps": 4}
+    data, cfg = task_data(config, phantoms), {**dcc.diffcode_stage_config(config, "bank"), "n_steps": 4}
     train_stage(cfg, "unused.csv", tmp_path / "a", seed=3, log=False, data=data)
     train_stage(cfg, "unused.csv", tmp_path / "b", seed=3, log=False, data=data, stop_after=2)
     assert not (tmp_path / "b" / "final").exists()
@@ -227,8 +227,8 @@ def test_a_dead_codebook_item_is_reseeded_from_the_batch_latents():
 
 def test_restore_refuses_a_bank_of_other_tasks(config, phantoms, tmp_path):
     data = task_data(config, phantoms)
-    train_stage({**dcc.stage_config(config, "bank"), "n_steps": 1}, "x", tmp_path / "bank", 0, log=False, data=data)
-    cfg = {**dcc.stage_config(config, "retrieval"), "n_steps": 1, "tasks": ["mri_sr"]}
+    train_stage({**dcc.diffcode_stage_config(config, "bank"), "n_steps": 1}, "x", tmp_path / "bank", 0, log=False, data=data)
+    cfg = {**dcc.diffcode_stage_config(config, "retrieval"), "n_steps": 1, "tasks": ["mri_sr"]}
     with pytest.raises(LdpmInputError, match="trained for tasks"):
         train_stage(cfg, "x", tmp_path / "r", 0, deps={"bank": tmp_path / "bank"}, log=False,
                     data=TaskData(["mri_sr"], data.levels, phantoms))
@@ -378,7 +378,7 @@ def test_tars_routes_the_prior_from_the_lq_image_alone(config, tmp_path):
 
     torch.manual_seed(0)
     for stage in dcc.method_stages("diffcode"):
-        cfg = dcc.stage_config(config, stage)
+        cfg = dcc.diffcode_stage_config(config, stage)
         modules = build_modules(cfg)
         if "restorer" in modules:  # its last conv starts at zero (output = LQ): let ref show
             torch.nn.init.normal_(modules["restorer"].ending.weight, std=0.5)
@@ -445,7 +445,7 @@ def test_stage_graph_shares_the_bank_and_retrieval(config):
     assert dcc.method_stages("single") == ["bank_single", "retrieval_single", "restore_single"]
     assert dcc.method_stages("v1") == ["restore_v1"] and dcc.method_stages("lq") == []
     assert len(dcc.all_stages(dc)) == 14
-    cfg = dcc.stage_config(config, "restore_top2")
+    cfg = dcc.diffcode_stage_config(config, "restore_top2")
     assert cfg["variant"]["top_k"] == 2 and cfg["n_steps"] == dc["steps"]["restore"]
     with pytest.raises(LdpmInputError, match="unknown"):
         dcc.stage_kind("restore_v9")

@@ -31,7 +31,7 @@ if DIFFCODE_ON:
         wildcard_constraints:
             stage="|".join(DC_STAGES),
         params:
-            cfg=lambda wc: as_json(dcc.stage_config(config, wc.stage)),
+            cfg=lambda wc: as_json(dcc.diffcode_stage_config(config, wc.stage)),
             deps=lambda wc: named_args("--dep", ((d, DC_MODEL.format(d)) for d in dcc.stage_dependencies(wc.stage))),
             seed=config["seed"],
         log:

@@ -22,7 +22,7 @@ from .data import task_availability
 
 #: method -> (prior: None | 'diffusion' | 'direct', codebook: None | 'bank' | 'single', TARS, top-k
 #: (None: the config's model.top_k))
-VARIANTS: dict[str, dict[str, Any]] = {
+TABLE2_VARIANTS: dict[str, dict[str, Any]] = {
     "diffcode": {"prior": "diffusion", "codebook": "bank", "tars": True, "top_k": None},
     "v1": {"prior": None, "codebook": None, "tars": False, "top_k": None},
     "v2": {"prior": None, "codebook": None, "tars": True, "top_k": None},
@@ -31,7 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "top2": {"prior": "diffusion", "codebook": "bank", "tars": True, "top_k": 2},
     "top3": {"prior": "diffusion", "codebook": "bank", "tars": True, "top_k": 3},
 }
-BASELINES = ("unet", "swinir")
+#: the all-in-one comparison restorers (DiffCode's own U-Net and SwinIR stages)
+RESTORERS = ("unet", "swinir")
 #: the LQ image itself, scored like a method (Table 1's reference row, nothing trained)
 INPUT = "lq"
 #: DiffCode's trained stages with the true task id choosing the prior's codebook instead of TARS's
@@ -73,20 +74,20 @@ def _retrieval_stage(prior: str, codebook: str) -> str:
 
 def method_stage(method: str) -> str:
     """The stage whose weights a method restores with (its stage III, or the baseline)."""
-    if method in BASELINES:
+    if method in RESTORERS:
         return method
     if method == ORACLE:
         return "restore"
-    if method not in VARIANTS:
+    if method not in TABLE2_VARIANTS:
         raise LdpmInputError(f"diffcode method {method!r}", "unknown",
-                             f"use one of {', '.join([*VARIANTS, *BASELINES])}")
+                             f"use one of {', '.join([*TABLE2_VARIANTS, *RESTORERS])}")
     return "restore" if method == "diffcode" else f"restore_{method}"
 
 
 def _variant_of_stage(stage: str) -> str | None:
     if stage == "restore":
         return "diffcode"
-    if stage.startswith("restore_") and stage[len("restore_"):] in VARIANTS:
+    if stage.startswith("restore_") and stage[len("restore_"):] in TABLE2_VARIANTS:
         return stage[len("restore_"):]
     return None
 
@@ -96,7 +97,7 @@ def stage_kind(stage: str) -> str:
         return "bank"
     if stage in ("retrieval", "retrieval_direct", "retrieval_single"):
         return "retrieval"
-    if stage in BASELINES:
+    if stage in RESTORERS:
         return stage
     if _variant_of_stage(stage) is not None:
         return "restore"
@@ -110,7 +111,7 @@ def stage_dependencies(stage: str) -> list[str]:
     if kind == "retrieval":
         return ["bank_single" if stage == "retrieval_single" else "bank"]
     if kind == "restore":
-        v = VARIANTS[_variant_of_stage(stage)]  # type: ignore[index]
+        v = TABLE2_VARIANTS[_variant_of_stage(stage)]  # type: ignore[index]
         if v["prior"] is None:
             return []
         return [_bank_stage(v["codebook"]), _retrieval_stage(v["prior"], v["codebook"])]
@@ -152,7 +153,7 @@ def data_config(config: Mapping) -> dict[str, Any]:
             "split_seed": int(config["seed"]), "degradation_seed": int(dc["degradation_seed"])}
 
 
-def stage_config(config: Mapping, stage: str) -> dict[str, Any]:
+def diffcode_stage_config(config: Mapping, stage: str) -> dict[str, Any]:
     """The resolved config of one stage (what ``ldpm diffcode-train`` gets, and what its
     checkpoint must match to be resumed): data, training settings and only its own model keys."""
     dc = config["diffcode"]
@@ -174,7 +175,7 @@ def stage_config(config: Mapping, stage: str) -> dict[str, Any]:
                    model={**vq, **{k: m[k] for k in ("diffusion_steps", "beta", "denoiser_layers",
                                                      "denoiser_hidden", "reverse_noise")}})
     elif kind == "restore":
-        variant = VARIANTS[_variant_of_stage(stage)]  # type: ignore[index]
+        variant = TABLE2_VARIANTS[_variant_of_stage(stage)]  # type: ignore[index]
         out.update(variant=dict(variant), model={**naf, "experts": m["experts"], "top_k": m["top_k"],
                                                  "cls_weight": m["cls_weight"]})
     else:

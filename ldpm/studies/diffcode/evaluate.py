@@ -12,7 +12,7 @@ PSNR over the volume, SSIM the mean over its slices; RMSE = ``sqrt(mean((gt - pr
 divided by that max (so it is in units of the volume's maximum). A task's value is the mean
 (± sample std) over its volumes; the average is the mean of the task means that exist.
 
-Outputs: ``<out>.json`` (see :func:`evaluate_method`) and a per-volume CSV.
+Outputs: ``<out>.json`` (see :func:`evaluate_diffcode_method`) and a per-volume CSV.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def summarize(method: str, name: str, per_volume: pd.DataFrame, cfg: Mapping) ->
             "definitions": DEFINITIONS}
 
 
-def evaluate_method(method: str, shards: Sequence[str | Path], stage_dirs: Mapping[str, Path],
+def evaluate_diffcode_method(method: str, shards: Sequence[str | Path], stage_dirs: Mapping[str, Path],
                     cfg: Mapping, out_json: str | Path, out_csv: str | Path,
                     device: str = "cpu") -> dict:
     """Score ``method`` on every configured task; write ``out_json`` and ``out_csv``."""

@@ -1,8 +1,8 @@
 """DiffCode's Table 1 and Table 2 (a)(b) from the evaluate step's files.
 
 Every number in our columns is read from ``results/diffcode/metrics/<method>.json`` (written by
-:func:`ldpm.studies.diffcode.evaluate.evaluate_method`); a cell that has no value is ``n/a`` with its
-reason (no data configured, variant not run, ...). The DiffCode paper's published values
+:func:`ldpm.studies.diffcode.evaluate.evaluate_diffcode_method`); a cell that has no value is
+``n/a`` with its reason (no data configured, variant not run, ...). The DiffCode paper's published values
 (``config/paper_values_diffcode.yaml``) appear only in separate ``(paper)`` columns and, for
 PSNR and SSIM, ``Δ`` = ours − paper; RMSE has no Δ (the paper's RMSE is in each dataset's own
 units). Cells are rendered by :func:`ldpm.report.tables.display_table` (best in bold, second
@@ -22,7 +22,7 @@ from ...errors import LdpmInputError
 from ...io import write_text_atomic
 from ...report.paper import citation, load_paper_values, paper_table
 from ...report.tables import display_table
-from .config import METHOD_NAMES, VARIANTS
+from .config import METHOD_NAMES, TABLE2_VARIANTS
 from .degradations import task_title
 from .evaluate import METRICS
 
@@ -45,7 +45,7 @@ def load_metrics(results: str | Path, methods: Sequence[str]) -> dict[str, dict 
 
 
 def _config_of(summary: Mapping) -> str:
-    v = VARIANTS.get(summary["method"])
+    v = TABLE2_VARIANTS.get(summary["method"])
     if v is None:
         return ""
     cb = {"bank": "CB ✓", "single": "single codebook", None: "CB ✗"}[v["codebook"]]
@@ -147,7 +147,7 @@ def _routing_note(summary: Mapping | None) -> str:
 
 
 def _missing_reasons(methods: Sequence[str], summaries: Mapping[str, dict | None]) -> dict[str, str]:
-    return {m: ("not run: add it to diffcode.variants" if m in VARIANTS else
+    return {m: ("not run: add it to diffcode.variants" if m in TABLE2_VARIANTS else
                 "not run: add it to diffcode.baselines") for m in methods if summaries.get(m) is None}
 
 
@@ -156,7 +156,7 @@ def make_table1(results: str | Path, methods: Sequence[str], tasks: Sequence[str
     """DiffCode Table 1: per task and on average, PSNR/SSIM/RMSE of the input, DiffCode and
     the all-in-one comparison restorers (rows: the configured ones of ``methods``)."""
     results = Path(results)
-    rows = [m for m in methods if m not in VARIANTS or m == "diffcode"]
+    rows = [m for m in methods if m not in TABLE2_VARIANTS or m == "diffcode"]
     summaries = load_metrics(results, rows)
     blocks = [*tasks, "average"]
     numeric = numeric_rows(summaries, blocks, _missing_reasons(rows, summaries))

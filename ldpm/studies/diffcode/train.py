@@ -127,7 +127,8 @@ def save_stage(folder: Path, cfg: Mapping, modules: Mapping[str, nn.Module]) -> 
               folder / "model.safetensors")
 
 
-def load_prior(deps: Mapping[str, Path], stage_cfg: Mapping, device: torch.device | str = "cpu") -> PriorReference:
+def load_code_prior(deps: Mapping[str, Path], stage_cfg: Mapping,
+                    device: torch.device | str = "cpu") -> PriorReference:
     """The frozen prior a restore stage is trained from (its bank and retrieval)."""
     names = stage_dependencies(stage_cfg["stage"])
     for name in names:
@@ -160,7 +161,7 @@ def load_frozen(cfg: Mapping, deps: Mapping[str, Path], device: torch.device | s
                                  f"{cfg['tasks']}", "retrain the bank with this config")
         return bank["vq"], None
     if kind == "restore" and cfg["variant"]["prior"] is not None:
-        return None, load_prior(deps, cfg, device)
+        return None, load_code_prior(deps, cfg, device)
     return None, None
 
 
