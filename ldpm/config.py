@@ -249,22 +249,16 @@ RUN_KEYS: dict[str, Any] = {"loader": "memory", "loader_workers": None, "grad_ac
 _LDPM_STREAM_STAGES = ("sketcher", "vae", "denoiser", "controlnet")
 
 
-def stream_stages() -> tuple[str, ...]:
-    """The stages that can stream their training images (``loader: stream``): LDPM's MR stages
-    and every trained baseline (:mod:`ldpm.baselines`)."""
-    from .baselines import baselines
-
-    return _LDPM_STREAM_STAGES + tuple(baselines())
-
-
 def run_keys(stage: str) -> tuple[str, ...]:
     """The :data:`RUN_KEYS` ``stage`` takes: all of them for LDPM's MR stages; ``loader``,
     ``loader_workers`` and ``grad_accum`` for a trained baseline (they train in float32: the
     data-consistency and k-space terms of their networks and losses run FFTs, which bf16
     autocast cannot); none for the others."""
+    from .baselines import baselines
+
     if stage in _LDPM_STREAM_STAGES:
         return tuple(RUN_KEYS)
-    if stage in stream_stages():
+    if stage in baselines():
         return ("loader", "loader_workers", "grad_accum")
     return ()
 

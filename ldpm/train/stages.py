@@ -24,18 +24,12 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_prior
-from ..config import RUN_KEYS, stream_stages
+from ..config import RUN_KEYS
 from ..data.dataset import SliceDataset, SliceStream
 from ..data.store import load_split
 from ..errors import LdpmInputError
 from ..methods.graph import BASELINES as BASELINE_STAGES, all_stages, stage_study
 from .runtime import Runtime
-
-#: the stages that can stream their training images (``loader: stream``); they take the
-#: :data:`ldpm.config.RUN_KEYS` that :func:`ldpm.config.run_keys` names besides their preset's
-#: keys. :func:`stage_config` drops a run key set to its ``RUN_KEYS`` value, so the stage
-#: config, its checkpoint and its ``meta.json`` are those of a run without it
-STREAM_STAGES = stream_stages()
 
 
 def training_images(manifest: str | Path, split: str = "train") -> torch.Tensor:
@@ -85,6 +79,8 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
         base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
     from ..config import training_masks, validate_stage_overrides
 
+    # a run key at its RUN_KEYS value is dropped: the stage config, its checkpoint and its
+    # meta.json are then those of a run without it
     overrides = {k: v for k, v in validate_stage_overrides(stage, overrides or {}).items()
                  if not (k in RUN_KEYS and v == RUN_KEYS[k])}
     return {**base, **overrides,
