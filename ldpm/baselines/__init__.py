@@ -35,6 +35,10 @@ MODULES_VARIABLE = "LDPM_BASELINE_MODULES"
 
 #: the ``loss`` key of a baseline trained with a pixel loss (:func:`ldpm.losses.pixel_loss`)
 PIXEL_LOSS_SCHEMA = {"type": "string", "enum": ["l1", "ssim"]}
+# fastMRI's published schedule for its U-Net and E2E-VarNet (``fastmri_examples``): batch 1, whole
+# images, 50 epochs with the rate times 0.1 after 40
+FASTMRI_SCHEDULE = {"batch_size": 1, "crop": None, "n_steps": None, "epochs": 50,
+                    "lr_milestones_epochs": [40], "ckpt_every": 1000}
 
 
 def _unchanged(cfg: dict, pretrained: Mapping[str, Any]) -> dict:

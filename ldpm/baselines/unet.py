@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from . import PIXEL_LOSS_SCHEMA, Baseline, pixel_loss_of
+from . import FASTMRI_SCHEDULE, PIXEL_LOSS_SCHEMA, Baseline, pixel_loss_of
 
 
 def build(cfg: Mapping[str, Any]):
@@ -28,6 +28,5 @@ BASELINE = Baseline(
     default={"model": {"chans": 8, "num_pool_layers": 3, "drop_prob": 0.0}, "loss": "l1",
              "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 2, "crop": None, "n_steps": 300},
     paper={"model": {"chans": 32, "num_pool_layers": 4, "drop_prob": 0.0}, "loss": "l1",
-           "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 1, "crop": None, "n_steps": None,
-           "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000},
+           "optimizer": "rmsprop", "lr": 1e-3, **FASTMRI_SCHEDULE},
 )

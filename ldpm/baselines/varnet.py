@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from . import PIXEL_LOSS_SCHEMA, Baseline, pixel_loss_of
+from . import FASTMRI_SCHEDULE, PIXEL_LOSS_SCHEMA, Baseline, pixel_loss_of
 
 
 def build(cfg: Mapping[str, Any]):
@@ -29,6 +29,5 @@ BASELINE = Baseline(
     default={"model": {"num_cascades": 3, "chans": 6, "pools": 2}, "loss": "l1",
              "optimizer": "adam", "lr": 2e-3, "batch_size": 2, "crop": None, "n_steps": 150},
     paper={"model": {"num_cascades": 12, "chans": 18, "pools": 4}, "loss": "ssim",
-           "optimizer": "adam", "lr": 3e-4, "batch_size": 1, "crop": None, "n_steps": None,
-           "epochs": 50, "lr_milestones_epochs": [40], "ckpt_every": 1000},
+           "optimizer": "adam", "lr": 3e-4, **FASTMRI_SCHEDULE},
 )

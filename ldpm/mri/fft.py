@@ -21,27 +21,24 @@ def is_tensor(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def fft2c(x: Array) -> Array:
-    """Image -> k-space: ``fftshift(fft2(ifftshift(x)))`` with ``norm='ortho'`` (unitary)."""
+def _centered(x: Array, transform: str) -> Array:
+    """``fftshift(transform(ifftshift(x)))`` over the last two axes, ``norm='ortho'``."""
     if is_tensor(x):
         import torch
 
         x = torch.fft.ifftshift(x, dim=(-2, -1))
-        x = torch.fft.fft2(x, dim=(-2, -1), norm="ortho")
+        x = getattr(torch.fft, transform)(x, dim=(-2, -1), norm="ortho")
         return torch.fft.fftshift(x, dim=(-2, -1))
     x = np.fft.ifftshift(x, axes=(-2, -1))
-    x = np.fft.fft2(x, axes=(-2, -1), norm="ortho")
+    x = getattr(np.fft, transform)(x, axes=(-2, -1), norm="ortho")
     return np.fft.fftshift(x, axes=(-2, -1))
+
+
+def fft2c(x: Array) -> Array:
+    """Image -> k-space: ``fftshift(fft2(ifftshift(x)))`` with ``norm='ortho'`` (unitary)."""
+    return _centered(x, "fft2")
 
 
 def ifft2c(k: Array) -> Array:
     """k-space -> image: the inverse of :func:`fft2c` (also unitary)."""
-    if is_tensor(k):
-        import torch
-
-        k = torch.fft.ifftshift(k, dim=(-2, -1))
-        k = torch.fft.ifft2(k, dim=(-2, -1), norm="ortho")
-        return torch.fft.fftshift(k, dim=(-2, -1))
-    k = np.fft.ifftshift(k, axes=(-2, -1))
-    k = np.fft.ifft2(k, axes=(-2, -1), norm="ortho")
-    return np.fft.fftshift(k, axes=(-2, -1))
+    return _centered(k, "ifft2")

@@ -442,7 +442,7 @@ def _sync_before_step(optimizer: torch.optim.Optimizer, runtime: Runtime):
 
 def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
           optimizers: Mapping[str, torch.optim.Optimizer], ckpt_dir: str | Path, n_steps: int,
-          seed: int, save_final: Callable[[Path], None], ckpt_every: int = 100,
+          seed: int, save_final: Callable[[Path], None], *, ckpt_every: int = 100,
           log: bool = True, stage: str = "train", config: Mapping[str, Any] | None = None,
           notes: Iterable[str] = (), stop_after: int | None = None,
           meta_extra: Callable[[], Mapping[str, Any]] | None = None,

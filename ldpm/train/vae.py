@@ -168,8 +168,8 @@ def train_vae(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
         net.save_pretrained(d, safe_serialization=True)
 
     meta = train(step_fn, modules, {"opt_g": opt_g, "opt_d": opt_d}, ckpt_dir,
-                 n_steps, seed, save_final, int(cfg["ckpt_every"]), log, stage, cfg, notes,
-                 stop_after=stop_after, runtime=rt,
+                 n_steps, seed, save_final, ckpt_every=int(cfg["ckpt_every"]), log=log,
+                 stage=stage, config=cfg, notes=notes, stop_after=stop_after, runtime=rt,
                  loader=images if isinstance(images, SliceStream) else None,
                  meta_extra=lambda: {"sd_path": str(sd_path) if sd_path else None,
                                      "init": str(init) if init is not None and sd_path is None else None,
