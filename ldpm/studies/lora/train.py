@@ -164,8 +164,8 @@ def train_lora(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Pat
     if train_control:
         modules["controlnet"] = model.controlnet
     return train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 ckpt_every=int(cfg["ckpt_every"]), log=log, stage=adapter, config=cfg, stop_after=stop_after, runtime=rt,
-                 meta_extra=lambda: info)
+                 ckpt_every=int(cfg["ckpt_every"]), log=log, stage=adapter, config=cfg,
+                 stop_after=stop_after, runtime=rt, meta_extra=lambda: info)
 
 
 def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Path,
