@@ -22,10 +22,13 @@ def test_one_process_runtime_is_the_plain_loop():
     assert not rt.distributed and rt.is_main and rt.local_batch(6) == 6
     assert torch.equal(torch.rand(4, generator=rt.generator(5, 7)),
                        torch.rand(4, generator=step_generator(5, 7)))
-    p = torch.nn.Parameter(torch.zeros(2))
-    p.grad = torch.ones(2)
-    rt.sync_gradients([p])
-    assert torch.equal(p.grad, torch.ones(2))
+    lin = torch.nn.Linear(2, 1)
+    replicas = rt.replicate(lin)
+    assert replicas.ddp is None  # nothing wrapped: the loss function is called as it is
+    x = torch.ones(1, 2)
+    with replicas.no_sync():
+        out = replicas(lambda v, scale=1.0: lin(v) * scale, x, scale=2.0)
+    assert torch.equal(out, lin(x) * 2.0)
 
 
 def test_ranks_draw_different_batches_and_split_the_batch_size():

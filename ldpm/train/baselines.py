@@ -40,7 +40,7 @@ from ..checkpoints import build_baseline, load_baseline
 from ..data.dataset import SliceStream
 from ..errors import LdpmInputError
 from .loop import (WeightAverage, accumulate_logged, crop_pair, make_batch, random_batch,
-                   resolve_n_steps, stage_masks, step_settings, sync_gradients, train)
+                   resolve_n_steps, stage_masks, step_settings, train)
 from .presets import AUGMENT
 from .runtime import Runtime
 
@@ -135,6 +135,7 @@ def train_baseline(name: str, images: torch.Tensor | SliceStream, cfg: Mapping[s
     clip = cfg.get("grad_clip")
     image_domain = declared.image_domain
     accum, micro, _ = step_settings(cfg, rt, name)
+    replicas = rt.replicate(model)
 
     def micro_step(step: int, j: int, gen: torch.Generator
                    ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -149,9 +150,8 @@ def train_baseline(name: str, images: torch.Tensor | SliceStream, cfg: Mapping[s
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, steps_per_epoch)
         opt.zero_grad(set_to_none=True)
-        out = accumulate_logged(lambda j, g: micro_step(step, j, g), accum, gen)
-        if clip:
-            sync_gradients(opt, rt)  # clip the averaged gradients, as DistributedDataParallel does
+        out = accumulate_logged(lambda j, g: micro_step(step, j, g), accum, gen, replicas)
+        if clip:  # the gradients are averaged over the ranks by now
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         opt.step()
         average.update(step)

@@ -96,6 +96,7 @@ def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
     base = [g["lr"] for g in opt.param_groups]
     masks, crop = stage_masks(cfg), cfg["crop"]
     accum, micro, amp = step_settings(cfg, rt, STAGE)
+    replicas = rt.replicate(model)  # its trainable parameters: the control branch, adapters
     pool = None
     if cfg.get("n_masks"):
         pool = condition_pool(sketcher, vae, images, masks, seed, int(cfg["n_masks"]),
@@ -122,7 +123,7 @@ def controlnet_step_fn(model: MRControlNet, sketcher: nn.Module, vae: nn.Module,
         for g, lr in zip(opt.param_groups, base):
             g["lr"] = lr * factor
         opt.zero_grad(set_to_none=True)
-        loss = accumulate(lambda j, g: micro_loss(step, j, g), accum, gen)
+        loss = accumulate(lambda j, g: micro_loss(step, j, g), accum, gen, replicas)
         opt.step()
         return {"loss": loss}
 

@@ -76,6 +76,7 @@ def denoiser_step_fn(eps_model: torch.nn.Module, latents: torch.Tensor, cfg: Map
     abar = base_alphas_cumprod()
     crop = None if cfg.get("crop") is None else max(1, int(cfg["crop"]) // 8)
     accum, micro, amp = step_settings(cfg, rt, STAGE)
+    replicas = rt.replicate(eps_model)
 
     def micro_loss(j: int, g: torch.Generator) -> torch.Tensor:
         z = random_batch(latents, micro, crop, g)
@@ -85,7 +86,7 @@ def denoiser_step_fn(eps_model: torch.nn.Module, latents: torch.Tensor, cfg: Map
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         set_lr(opt, scheduled_lr(cfg, step, n_steps))
         opt.zero_grad(set_to_none=True)
-        loss = accumulate(micro_loss, accum, gen)
+        loss = accumulate(micro_loss, accum, gen, replicas)
         opt.step()
         if after_step is not None:
             after_step(step)

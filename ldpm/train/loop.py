@@ -25,6 +25,7 @@ that is not finite (NaN/inf) stops the run with an error, before the step is che
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -49,7 +50,7 @@ from ..io import atomic_path, remove_stale_temps, umask_mode, write_text_atomic
 from ..logs import warnings_once
 from ..models.pretrained import loading_checkpoint
 from ..mri import RandomMaskFunc, ifft2c, measurement_scale, undersample
-from .runtime import Runtime, autocast
+from .runtime import Replicas, Runtime, autocast
 
 StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
 
@@ -215,22 +216,29 @@ def micro_generators(generator: torch.Generator, accum: int) -> list[torch.Gener
 
 
 def accumulate(micro_loss: Callable[[int, torch.Generator], torch.Tensor], accum: int,
-               generator: torch.Generator) -> float:
+               generator: torch.Generator, replicas: Replicas | None = None) -> float:
     """Backpropagate the mean of ``micro_loss(j, g_j)`` over ``j < accum`` (gradient
     accumulation: ``g_j`` from :func:`micro_generators`, one backward pass per micro-batch,
     each loss divided by ``accum``); returns the mean loss. With micro-batches of ``b / accum``
-    samples and a mean loss, the gradients are those of one batch of ``b`` up to rounding."""
+    samples and a mean loss, the gradients are those of one batch of ``b`` up to rounding.
+
+    ``replicas`` (:meth:`Runtime.replicate` of the modules ``micro_loss`` trains): each
+    ``micro_loss`` runs through it, so with several ranks the last micro-batch's backward pass
+    averages the accumulated gradients over the ranks (the others run in its ``no_sync``)."""
     total = 0.0
     for j, g in enumerate(micro_generators(generator, accum)):
-        loss = micro_loss(j, g)
-        (loss if accum == 1 else loss / accum).backward()
+        with (replicas.no_sync() if replicas is not None and j < accum - 1
+              else contextlib.nullcontext()):
+            loss = micro_loss(j, g) if replicas is None else replicas(micro_loss, j, g)
+            (loss if accum == 1 else loss / accum).backward()
         total += loss.item()
     return total / accum
 
 
 def accumulate_logged(micro_step: Callable[[int, torch.Generator],
                                            tuple[torch.Tensor, Mapping[str, float]]],
-                      accum: int, generator: torch.Generator) -> dict[str, float]:
+                      accum: int, generator: torch.Generator,
+                      replicas: Replicas | None = None) -> dict[str, float]:
     """:func:`accumulate` for a ``micro_step(j, g_j)`` that returns its loss and the scalars to
     log; returns each scalar's mean over the micro-batches (with one, its scalars as given)."""
     logs: list[Mapping[str, float]] = []
@@ -240,7 +248,7 @@ def accumulate_logged(micro_step: Callable[[int, torch.Generator],
         logs.append(scalars)
         return loss
 
-    accumulate(micro_loss, accum, generator)
+    accumulate(micro_loss, accum, generator, replicas)
     if accum == 1:
         return dict(logs[0])
     return {k: sum(float(o[k]) for o in logs) / accum for k in logs[0]}
@@ -421,25 +429,6 @@ def _resumable(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in _jsonable(dict(config or {})).items() if k not in LENGTH_KEYS}
 
 
-def sync_gradients(optimizer: torch.optim.Optimizer, runtime: Runtime) -> None:
-    """Average ``optimizer``'s gradients over the data-parallel ranks now (no-op in one process).
-
-    :func:`train` does this just before each ``optimizer.step()``; a step function that works on
-    the gradients before stepping (e.g. clips their norm) calls it first, and the step then does
-    not average them twice.
-    """
-    runtime.sync_gradients(p for g in optimizer.param_groups for p in g["params"])
-    optimizer._ldpm_grads_synced = True  # type: ignore[attr-defined]
-
-
-def _sync_before_step(optimizer: torch.optim.Optimizer, runtime: Runtime):
-    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not getattr(opt, "_ldpm_grads_synced", False):
-            sync_gradients(opt, runtime)
-        opt._ldpm_grads_synced = False  # type: ignore[attr-defined]
-    return optimizer.register_step_pre_hook(hook)
-
-
 def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
           optimizers: Mapping[str, torch.optim.Optimizer], ckpt_dir: str | Path, n_steps: int,
           seed: int, save_final: Callable[[Path], None], *, ckpt_every: int = 100,
@@ -455,9 +444,12 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
     after that many steps (a checkpoint is written, no ``final/``), as an interruption would.
     Writes ``final/`` via ``save_final(tmp_dir)`` once all steps are done. Returns the meta dict.
 
-    ``runtime`` (default: one process on the CPU): with several data-parallel ranks, gradients
-    are averaged before every optimizer step, logged scalars are averaged, and only rank 0
-    writes files (:mod:`ldpm.train.runtime`). ``modules`` must already be on its device.
+    ``runtime`` (default: one process on the CPU): with several data-parallel ranks, every rank
+    starts from rank 0's ``modules`` (after a resume too), logged scalars are averaged, and only
+    rank 0 writes files; ``step_fn`` runs its loss computations through the
+    :meth:`~ldpm.train.runtime.Runtime.replicate` of the modules it trains, so that
+    ``DistributedDataParallel`` averages their gradients (:mod:`ldpm.train.runtime`).
+    ``modules`` must already be on its device.
 
     ``loader``: the :class:`SliceStream` the step function reads, if any; its position is saved
     in ``last.pt`` and restored on resume.
@@ -512,7 +504,6 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
 
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    hooks = [_sync_before_step(o, rt) for o in optimizers.values()] if rt.distributed else []
     try:
         for m in modules.values():
             m.train()
@@ -534,8 +525,6 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
         done = end
     finally:
         torch.use_deterministic_algorithms(prev_det)
-        for h in hooks:
-            h.remove()
 
     meta = {"stage": stage, "seed": seed, "n_steps": n_steps, "steps_done": done,
             "seconds": round(seconds, 3), "config": _jsonable(dict(config or {})),

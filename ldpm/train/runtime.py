@@ -34,13 +34,15 @@ but not bit-identical to 1-rank runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..device import resolve_device
 from ..errors import LdpmInputError
@@ -84,29 +86,9 @@ class Runtime:
             for t in [*m.parameters(), *m.buffers()]:
                 dist.broadcast(t.data, src=0)
 
-    def sync_gradients(self, params: Iterable[torch.Tensor]) -> None:
-        """Average ``params``' gradients over the ranks (in place)."""
-        if not self.distributed:
-            return
-        params = [p for p in params if p.requires_grad]
-        if not params:
-            return
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
-                           device=self.device)
-        dist.all_reduce(has, op=dist.ReduceOp.MAX)
-        live = [p for p, h in zip(params, has.tolist()) if h]
-        for p in live:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        for dtype in {p.grad.dtype for p in live}:
-            grads = [p.grad for p in live if p.grad.dtype == dtype]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= self.world_size
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+    def replicate(self, *modules: nn.Module) -> "Replicas":
+        """The :class:`Replicas` of ``modules``: the trainable modules of one loss computation."""
+        return Replicas(self, modules)
 
     def mean_scalars(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each logged scalar over the ranks (one process: unchanged)."""
@@ -121,6 +103,48 @@ class Runtime:
             dist.barrier()
 
 
+class _Call(nn.Module):
+    """Holds the modules whose gradients DDP averages; ``forward(fn, ...)`` is ``fn(...)``."""
+
+    def __init__(self, modules: Iterable[nn.Module]):
+        super().__init__()
+        self.held = nn.ModuleList(modules)
+
+    def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+
+class Replicas:
+    """Runs a stage's loss computations so that the next backward pass averages the gradients
+    of ``modules`` over the ranks.
+
+    With several ranks, ``modules`` are held by one :class:`_Call` wrapped in
+    ``DistributedDataParallel``, and :meth:`__call__` runs ``fn(*args, **kwargs)`` inside its
+    ``forward``, so the whole loss computation (however it calls the models: parts of them,
+    ``torch.autograd.grad``, other modules) prepares DDP's reducer for the backward pass that
+    follows. Settings: ``find_unused_parameters=True`` (a parameter no rank has a gradient for
+    keeps ``None``; one some ranks lack counts as zero there), no buffer broadcasts (each rank
+    keeps its own BatchNorm statistics; :meth:`Runtime.broadcast_parameters` makes the ranks
+    start alike, so DDP's own initial broadcast is off), parameters with ``requires_grad``
+    False ignored. In one process nothing is wrapped: :meth:`__call__` is ``fn(*args,
+    **kwargs)`` and :meth:`no_sync` does nothing. A stage keeps its :class:`Replicas` for the
+    whole run (DDP's backward pass holds only a weak reference to it)."""
+
+    def __init__(self, runtime: Runtime, modules: Iterable[nn.Module]):
+        self.ddp: DistributedDataParallel | None = None
+        if runtime.distributed:
+            self.ddp = DistributedDataParallel(_Call(modules), find_unused_parameters=True,
+                                               init_sync=False, forward_sync_buffers=False)
+
+    def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if self.ddp is None else self.ddp(fn, *args, **kwargs)
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """A context whose forward and backward passes accumulate gradients on this rank only
+        (``DistributedDataParallel.no_sync``): all micro-batches of a step but the last."""
+        return contextlib.nullcontext() if self.ddp is None else self.ddp.no_sync()
+
+
 #: the values of a stage's ``amp`` key: None (float32 throughout) or bf16 autocast on CUDA
 AMP_MODES = (None, "bf16")
 
@@ -132,8 +156,6 @@ def autocast(amp: str | None, device: torch.device, where: str = "amp"):
     exponent range), else a context that changes nothing. ``bf16`` on another device is
     refused, naming ``where``: CPU training stays float32 so that its results are reproducible
     bit for bit."""
-    import contextlib
-
     if amp not in AMP_MODES:
         raise LdpmInputError(where, f"unknown value {amp!r}", "use bf16 or null")
     if amp is None:

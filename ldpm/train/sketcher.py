@@ -56,6 +56,7 @@ def train_sketcher(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | 
         model = Sketcher(SwinIR(cfg["model"])).to(rt.device)
     images = images.to(rt.device)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+    replicas = rt.replicate(model)
 
     def micro_loss(step: int, j: int, gen: torch.Generator) -> torch.Tensor:
         x = random_batch(images, micro, None, gen, cfg.get("augment"))
@@ -66,7 +67,7 @@ def train_sketcher(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         set_lr(opt, scheduled_lr(cfg, step, n_steps))
         opt.zero_grad(set_to_none=True)
-        loss = accumulate(lambda j, g: micro_loss(step, j, g), accum, gen)
+        loss = accumulate(lambda j, g: micro_loss(step, j, g), accum, gen, replicas)
         opt.step()
         return {"loss": loss}
 

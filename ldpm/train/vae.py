@@ -125,6 +125,9 @@ def train_vae(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
     betas = tuple(cfg.get("betas") or (0.5, 0.9))  # LDM's autoencoder betas
     opt_g = torch.optim.Adam(vae.parameters(), lr=float(cfg["lr"]), betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=float(cfg["disc_lr"]), betas=betas)
+    # the generator's and the discriminator's loss computations, each averaged over the ranks
+    # by its own DistributedDataParallel (ldpm.train.runtime.Replicas)
+    replicas_g, replicas_d = rt.replicate(vae), rt.replicate(disc)
     disc_start = None if cfg.get("disc_start") is None else int(cfg["disc_start"])  # None: no GAN
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
@@ -143,7 +146,7 @@ def train_vae(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
             return parts["loss"], {k: v.item() for k, v in parts.items()}
 
         opt_g.zero_grad(set_to_none=True)
-        out = accumulate_logged(micro_step, accum, gen)
+        out = accumulate_logged(micro_step, accum, gen, replicas_g)
         opt_g.step()
         d_loss = 0.0
         if use_gan:  # hinge loss
@@ -153,7 +156,7 @@ def train_vae(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
                     return 0.5 * (F.relu(1.0 - disc(inp)).mean() + F.relu(1.0 + disc(rec)).mean())
 
             opt_d.zero_grad(set_to_none=True)
-            d_loss = accumulate(d_micro_loss, accum, torch.Generator())
+            d_loss = accumulate(d_micro_loss, accum, torch.Generator(), replicas_d)
             opt_d.step()
         average.update(step)
         return {**out, "d_loss": d_loss}

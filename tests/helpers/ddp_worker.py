@@ -15,11 +15,18 @@ torch.set_num_threads(1)
 rt = current_runtime("cpu")
 r = rt.rank
 
-# gradient averaging: rank r holds r + 1; `b` has a gradient on rank 0 only; `c` on no rank
-a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
-a.grad = torch.full((3,), float(r + 1))
-b.grad = torch.ones(3) if r == 0 else None
-rt.sync_gradients([a, b, c])
+# gradient averaging by DistributedDataParallel (Runtime.replicate): rank r's gradient of `a`
+# is r + 1; `b` has a gradient on rank 0 only; `c` on no rank
+held = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+a, b, c = held
+
+
+def loss_fn():
+    return (a * (r + 1)).sum() + (b.sum() if r == 0 else 0.0)
+
+
+replicas = rt.replicate(held)  # kept alive until the backward pass: DDP holds a weakref
+replicas(loss_fn).backward()
 
 # a few data-parallel training steps of a tiny Sketcher
 g = torch.Generator().manual_seed(0)
