@@ -1,6 +1,8 @@
 """Data-parallel training: torchrun ranks on the CPU (Gloo) average gradients and agree on weights."""
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +17,17 @@ from ldpm.seeding import step_generator
 from ldpm.train.runtime import Runtime
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
+STAGE_WORKER = Path(__file__).parent / "helpers" / "ddp_stage_worker.py"
+
+
+def _torchrun(worker: Path, out: Path) -> list[dict]:
+    """Run ``worker out`` on two CPU ranks; the ``rank<r>.json`` each wrote."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", str(worker), str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def test_one_process_runtime_is_the_plain_loop():
@@ -51,12 +64,7 @@ def test_device_choice():
 
 
 def test_two_torchrun_ranks_train_one_model(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node=2", str(WORKER), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _torchrun(WORKER, tmp_path)
     for res in ranks:
         assert res["world"] == 2
         assert res["a"] == [1.5] * 3           # (1 + 2) / 2
@@ -70,6 +78,41 @@ def test_two_torchrun_ranks_train_one_model(tmp_path):
     assert (tmp_path / "sketcher" / "final" / "model.safetensors").is_file()
     rows = (tmp_path / "sketcher" / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3                  # one row per step, written once (rank 0)
+
+
+@pytest.fixture(scope="module")
+def stage_ranks(tmp_path_factory):
+    """Two ranks of ``helpers/ddp_stage_worker.py``: gradient checks, then the ``vae`` stage
+    (discriminator on from step 1, two micro-batches) and the ``score_mri`` baseline."""
+    out = tmp_path_factory.mktemp("ddp_stages")
+    return out, _torchrun(STAGE_WORKER, out)
+
+
+def test_ddp_gradient_is_the_mean_of_the_ranks_gradients(stage_ranks):
+    """The ranks draw different samples (``Runtime.generator``), so the first step of 2 ranks
+    is not the first step of 1 rank; what DDP leaves in ``.grad`` is checked against the mean
+    of the gradients each rank computes alone on its own micro-batches."""
+    _, ranks = stage_ranks
+    for check in ("sketcher_accum1", "sketcher_accum2", "vae_gan_accum2"):
+        for res in ranks:
+            c = res[check]
+            assert c["ranks_differ"] > 0 and c["local_is_not_mean"] > 0, check  # a real average
+            assert c["max_diff"] <= 1e-6 * c["scale"], (check, c)
+
+
+def test_two_ranks_train_a_gan_stage_and_a_baseline_to_the_same_weights(stage_ranks):
+    out, (r0, r1) = stage_ranks
+    assert set(r0["held"]) == {"vae", "score_mri"}
+    assert r0["held"] == r1["held"]  # every module's parameters, as each rank holds them
+    assert set(r0["held"]["vae"]) >= {"vae", "disc"}
+    for stage in ("vae", "score_mri"):
+        with open(out / stage / "log.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == json.loads((out / stage / "meta.json").read_text())["n_steps"]
+        assert all(math.isfinite(float(v)) for row in rows for k, v in row.items() if k != "step")
+    with open(out / "vae" / "log.csv") as f:
+        vae_rows = list(csv.DictReader(f))
+    assert all(float(r["d_loss"]) > 0 and float(r["gan_weight"]) > 0 for r in vae_rows[1:])
 
 
 def test_launcher_with_two_gpus_trains_a_stage_data_parallel(make_fastmri_file, tmp_path):
