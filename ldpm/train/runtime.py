@@ -3,33 +3,49 @@
 A job is one plain process (CPU or one GPU) or ``torchrun --nproc-per-node=N`` ranks, one per GPU
 (``ldpm/launch.py`` picks). :func:`current_runtime` reads torchrun's environment
 (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``), joins the process group (NCCL on GPUs, Gloo on CPU)
-and pins ``cuda:LOCAL_RANK``. The training loop then does data parallelism the way
-``DistributedDataParallel`` does, without wrapping the models (so every stage's step function
-stays as it is):
+and pins ``cuda:LOCAL_RANK``. With N ranks the training loop is data-parallel through
+``torch.nn.parallel.DistributedDataParallel``:
 
-* every rank starts from the same weights (seeded initialisation, then a broadcast from rank 0);
+* every rank starts from the same weights: seeded initialisation, then
+  :meth:`Runtime.broadcast_parameters` of every module the loop checkpoints (after a resume
+  too, and including what DDP does not wrap: an EMA copy, adapter states);
 * step ``i`` of rank ``r`` draws its own batch of ``batch_size / N`` samples from
   :meth:`Runtime.generator` ``(seed, i)`` (seeded by ``(seed, i, r, N)``; one process: exactly
   ``ldpm.seeding.step_generator(seed, i)``), so the N ranks together see ``batch_size`` samples
   (with ``loader: stream``: the next ``batch_size / N`` samples of rank ``r``'s shard of the
   epoch, :class:`ldpm.data.dataset.EpochShardSampler`);
-* before an optimizer steps, the gradients of its parameters are averaged over the ranks
-  (:meth:`Runtime.sync_gradients`, one all-reduce per optimizer and step; a parameter no rank
-  has a gradient for keeps ``None``, so it is skipped as in one process); with ``grad_accum``
-  micro-batches (:func:`ldpm.train.loop.accumulate`) the gradients accumulate on each rank and
-  are averaged once, at the optimizer step, as ``DistributedDataParallel.no_sync`` would do;
-* only rank 0 writes checkpoints, logs and ``final/``; all ranks meet at the end.
+* a stage's step function runs each loss computation through :meth:`Runtime.replicate` of the
+  modules that loss trains (:class:`Replicas`): one small module holding them, wrapped in DDP,
+  whose ``forward(fn, *args)`` is ``fn(*args)``. The stages call parts of their models
+  (``Sketcher.repair``; ``vae.encode``/``decode``, with ``torch.autograd.grad`` of the
+  decoder's last layer for LDM's adaptive GAN weight), which a DDP-wrapped model's own
+  ``forward`` would not see; run inside the wrapper's ``forward``, the whole loss computation
+  prepares DDP's reducer, and the backward pass that follows averages the gradients over the
+  ranks, bucket by bucket as they are computed. ``torch.autograd.grad`` with ``inputs`` (the
+  adaptive weight) accumulates into no ``.grad``, so it runs none of DDP's gradient hooks and
+  reduces nothing (and it runs inside the ``forward``, before the reducer expects any); the
+  averaged gradient equals the mean of the ranks' gradients exactly in
+  ``tests/test_distributed.py``, the GAN term included. MR-VAE's generator and its
+  discriminator (its own optimizer and backward pass) each have their own :class:`Replicas`.
+  With ``grad_accum``
+  micro-batches (:func:`ldpm.train.loop.accumulate`) all but the last run in
+  ``DistributedDataParallel.no_sync``, so the gradients accumulate on each rank and are
+  averaged once per optimizer step; a baseline's ``grad_clip`` clips the averaged gradients;
+* DDP runs with ``find_unused_parameters=True``: a parameter no rank has a gradient for keeps
+  ``None`` (the optimizer skips it, as in one process), one that some ranks lack counts as
+  zero there; frozen parameters (``requires_grad`` False) are not reduced;
+* the logged scalars are averaged over the ranks (:meth:`Runtime.mean_scalars`, one
+  all-reduce per step, so that every rank stops alike on a non-finite loss); only rank 0 writes
+  checkpoints, logs and ``final/``; all ranks meet at the end.
 
-The models are not wrapped in ``DistributedDataParallel``: it reduces the gradients of a
-backward pass only after its own ``forward``, and the stages' step functions call parts of
-their models instead (``Sketcher.repair``; ``vae.encode``/``decode``, with
-``torch.autograd.grad`` of the decoder's last layer for LDM's adaptive GAN weight, and the
-discriminator's own optimizer and backward pass), so each would have to be rewritten around
-wrapper calls.
+In one process nothing is wrapped and no collective runs: each loss function is called
+directly, and training is bit for bit the plain loop's.
 
-Differences from one process with the full batch: per-rank BatchNorm statistics (rank 0's are
-saved) and a different draw of samples, so N-rank runs are seeded and repeatable for a given N,
-but not bit-identical to 1-rank runs.
+Differences from one process with the full batch: BatchNorm is not synchronised (no
+``SyncBatchNorm``, and DDP broadcasts no buffers), so each rank normalises by its own batch's
+statistics and keeps its own running statistics (rank 0's are saved); and the ranks draw other
+samples than one process does, so N-rank runs are seeded and repeatable for a given N, but not
+bit-identical to 1-rank runs.
 """
 
 from __future__ import annotations
