@@ -115,6 +115,13 @@ def test_two_ranks_train_a_gan_stage_and_a_baseline_to_the_same_weights(stage_ra
     assert all(float(r["d_loss"]) > 0 and float(r["gan_weight"]) > 0 for r in vae_rows[1:])
 
 
+def test_two_ranks_resume_bit_for_bit(stage_ranks):
+    """A 2-rank Sketcher run (two micro-batches) stopped after one step and resumed ends with
+    the weights of an uninterrupted one."""
+    _, (r0, _) = stage_ranks
+    assert r0["resume_equal"] is True
+
+
 def test_launcher_with_two_gpus_trains_a_stage_data_parallel(make_fastmri_file, tmp_path):
     """The train rule's command with ``--gpus 2``: torchrun, two ranks, one checkpoint (CPU here)."""
     from ldpm.data.store import build_manifest, preprocess_volume

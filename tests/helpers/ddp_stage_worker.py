@@ -8,6 +8,8 @@
 2. Stages: the ``vae`` stage with its discriminator from step 1 and two micro-batches, and the
    ``score_mri`` baseline with gradient clipping and an EMA; each rank records a hash of its
    own modules' parameters (what ``train`` held, not the ``final/`` rank 0 wrote).
+3. Resume: a Sketcher run with two micro-batches stopped after one step and resumed to three
+   against an uninterrupted three-step run (``final/`` weights, compared on rank 0).
 """
 
 import copy
@@ -22,6 +24,9 @@ import torch.distributed as dist
 import ldpm.train.baselines as baselines_mod
 import ldpm.train.vae as vae_mod
 from ldpm.models import PatchDiscriminator, Sketcher, SwinIR, VGGPerceptual, build_vae
+from safetensors.torch import load_file
+
+from ldpm.train import train_sketcher
 from ldpm.train.loop import accumulate, make_batch, random_batch
 from ldpm.train.runtime import current_runtime
 from ldpm.train.sketcher import sketcher_loss
@@ -114,4 +119,16 @@ score_cfg = {"model": {"block_out_channels": [8, 16], "layers_per_block": 1, "no
 baselines_mod.train_baseline("score_mri", images, score_cfg, out / "score_mri", seed=SEED,
                              n_steps=2, log=False, runtime=rt)
 result["held"] = held
+
+# 3. an interrupted and resumed data-parallel run ends where an uninterrupted one does
+sk_cfg = {"model": TINY_SWIN, "lr": 3e-3, "batch_size": 4, "crop": 16, "ckpt_every": 1,
+          "grad_accum": 2, "lr_schedule": "constant", "warmup": 0}
+train_sketcher(images, sk_cfg, out / "sk_full", seed=SEED, n_steps=3, log=False, runtime=rt)
+train_sketcher(images, sk_cfg, out / "sk_part", seed=SEED, n_steps=3, log=False, runtime=rt,
+               stop_after=1)
+train_sketcher(images, sk_cfg, out / "sk_part", seed=SEED, n_steps=3, log=False, runtime=rt)
+if rt.is_main:
+    full, part = (load_file(out / d / "final" / "model.safetensors") for d in ("sk_full", "sk_part"))
+    result["resume_equal"] = full.keys() == part.keys() and all(
+        torch.equal(full[k], part[k]) for k in full)
 (out / f"rank{rt.rank}.json").write_text(json.dumps(result))
