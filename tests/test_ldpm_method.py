@@ -60,7 +60,7 @@ def run(monkeypatch, parts, measurement, variant):
     monkeypatch.setattr(ds, "plain_sample", spy_plain)
     k_u, mask = measurement
     out = ml.ldpm_reconstruct(k_u, mask, {}, {"n_steps": 3, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive",
-                                                   "slice_seeds": [7]}, variant=variant)
+                                                   "batch_size": 8, "slice_seeds": [7]}, variant=variant)
     assert out.shape == (1, 32, 32) and np.isfinite(out).all()
     return calls, out
 
@@ -119,7 +119,8 @@ def test_batched_sampling_equals_one_slice_at_a_time(parts, variant):
 # ------------------------------------------------ real checkpoints, loaded as `reconstruct` does
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4}
-OPTS = {"n_steps": 3, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "slice_seeds": [7, 8]}
+OPTS = {"n_steps": 3, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "batch_size": 8,
+        "slice_seeds": [7, 8]}
 
 
 @pytest.fixture(scope="module")
