@@ -32,7 +32,7 @@ from ..errors import LdpmInputError
 from ..io import progress
 from ..mri import ifft2c, measurement_scale
 from .graph import SKETCHER_ONLY
-from .registry import register
+from .registry import Reconstruction, register
 
 #: the three switches of Table II, and each method's setting of them
 ABLATION_SWITCHES: dict[str, dict[str, str]] = {
@@ -116,12 +116,12 @@ def sampler_settings(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
-                     options: dict[str, Any], variant: str = "ldpm", models=None) -> np.ndarray:
-    """Reconstruct every slice with LDPM (or one of its ablations) -> [N, H, W] magnitudes.
+                     options: dict[str, Any], variant: str = "ldpm", models=None) -> Reconstruction:
+    """Reconstruct every slice with LDPM (or one of its ablations): [N, H, W] magnitudes and
+    ``sampling_seconds``, the seconds spent sampling (loading excluded).
 
     ``models``: ``(sketcher, vae, mrcn)`` to use instead of loading them from ``checkpoints``
-    (e.g. a study's generator with an adapted denoiser). The seconds spent sampling (loading
-    excluded) go to ``options["timings"]["sampling_seconds"]`` when that dict is given.
+    (e.g. a study's generator with an adapted denoiser).
     """
     from ..models import vae_decode, vae_encode
     from ..sampling.dual_stage import DualStageSampler
@@ -147,9 +147,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
             x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
             out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
             bar.update(len(k))
-    if isinstance(options.get("timings"), dict):
-        options["timings"]["sampling_seconds"] = time.perf_counter() - start
-    return out
+    return Reconstruction(out, {"sampling_seconds": time.perf_counter() - start})
 
 
 for _name in ABLATION_SWITCHES:
