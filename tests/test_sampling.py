@@ -348,8 +348,10 @@ def test_samplers_are_seeded(vae, problem):
     c = torch.zeros(1, 4, 4, 4)
     s = respace(5)
     settings = {"p": 200, "guidance_scale": 0.1, "eps_mode": "rederive"}
-    a = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, generator=torch.Generator().manual_seed(0), **settings)
-    b = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, generator=torch.Generator().manual_seed(0), **settings)
+    a = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, **settings,
+                          generator=torch.Generator().manual_seed(0))
+    b = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, **settings,
+                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
     z1 = plain_spaced_ddpm(eps_fn, (1, 4, 4, 4), s, torch.Generator().manual_seed(0), c)
     z2 = plain_spaced_ddpm(eps_fn, (1, 4, 4, 4), s, torch.Generator().manual_seed(1), c)

@@ -111,6 +111,7 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
 
 
 __all__ = ["BASELINES", "LDPM_VARIANTS", "METHODS", "MULTICOIL_METHODS", "Method", "Reconstruction",
-           "SKETCHER_ONLY", "Study", "all_stages", "load_registry", "measure", "method_options", "method_stages",
+           "SKETCHER_ONLY", "Study", "all_stages", "load_registry", "measure", "method_options",
+           "method_stages",
            "reconstruct_shard", "register", "register_study", "seeds_for", "stage_dependencies",
            "step_variant", "studies", "study_methods", "timing_path"]

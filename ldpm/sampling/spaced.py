@@ -65,7 +65,8 @@ class SpacedSchedule:
 
 
 def respace(n_steps: int, num_train_timesteps: int = _T,
-            beta_start: float = SD_SCHEDULE["beta_start"], beta_end: float = SD_SCHEDULE["beta_end"],
+            beta_start: float = SD_SCHEDULE["beta_start"],
+            beta_end: float = SD_SCHEDULE["beta_end"],
             beta_schedule: str = SD_SCHEDULE["beta_schedule"]) -> SpacedSchedule:
     """The respaced schedule with ``n_steps`` sampling steps (DiffBIR ``SpacedSampler``)."""
     abar_all = base_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule)

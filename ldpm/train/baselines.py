@@ -165,7 +165,8 @@ def train_baseline(name: str, images: torch.Tensor | SliceStream, cfg: Mapping[s
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
                  log=log, stage=f"baseline_{name}", config=cfg, notes=notes,
-                 stop_after=stop_after, runtime=rt, loader=images if isinstance(images, SliceStream) else None)
+                 stop_after=stop_after, runtime=rt,
+                 loader=images if isinstance(images, SliceStream) else None)
     if meta["steps_done"] == n_steps:
         return load_baseline(ckpt_dir)[0]
     return average.weights.eval()

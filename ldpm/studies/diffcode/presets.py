@@ -58,7 +58,8 @@ PAPER: dict[str, dict[str, Any]] = deep_merge(DEFAULT, {
     "swinir": copy.deepcopy(dict(swinmr.BASELINE.paper["model"])),
     "train": {"patch": 128, "batch_size": 8, "lr": 2.0e-4, "ckpt_every": 1000},
     # iterations per stage are not stated in the paper: our choice
-    "steps": {"bank": 200000, "retrieval": 100000, "restore": 200000, "unet": 200000, "swinir": 200000},
+    "steps": {"bank": 200000, "retrieval": 100000, "restore": 200000, "unet": 200000,
+              "swinir": 200000},
 })
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {"default": DEFAULT, "paper": PAPER}
