@@ -52,6 +52,7 @@ from ldpm.sampling.spaced import SpacedSchedule
 from ldpm.train import presets
 from ldpm.checkpoints import build_baseline
 from ldpm.methods.baselines import reconstruct
+from ldpm.methods.ldpm import sampler_settings
 from ldpm.train.baselines import DEFAULT_CONFIGS, PAPER_CONFIGS
 
 
@@ -121,7 +122,9 @@ def main() -> None:
               yaml.safe_load((CONFIG_FILE.parent / "presets" / "paper.yaml").read_text()))
     run_cfg = load_config(CONFIG_FILE, deep_merge(preset, {"pretrained": {"vae_without_vgg": True}}),
                           check_paths=False)
-    n_steps = a.steps or run_cfg["inference"]["ldpm"]["n_steps"]  # the sampler's one source
+    # the sampler's one source: the config's inference.ldpm (--steps: another step count)
+    settings = sampler_settings(run_cfg["inference"]["ldpm"])
+    n_steps = settings["n_steps"] = a.steps or settings["n_steps"]
 
     x = np.random.default_rng(0).random((1, a.size, a.size)).astype(np.float32)
     mask = mask_for_slice("bench", 0, a.size, 8)[None]
@@ -138,7 +141,7 @@ def main() -> None:
 
     def ldpm(use_dss: bool, steps=None) -> None:
         """One reconstruction; ``steps``: only these indices of the preset's schedule."""
-        sampler = DualStageSampler(n_steps=n_steps, use_dss=use_dss)
+        sampler = DualStageSampler(**settings, use_dss=use_dss)
         if steps is not None:
             sampler.schedule = subschedule(sampler.schedule, steps)
         with torch.no_grad():
@@ -149,7 +152,7 @@ def main() -> None:
         """Seconds of one reconstruction at the preset's steps, measured or extrapolated."""
         if not a.ldpm_steps or a.ldpm_steps >= n_steps:
             return timed(partial(ldpm, use_dss), a.repeats, a.device)
-        preset_sampler = DualStageSampler(n_steps=n_steps)
+        preset_sampler = DualStageSampler(**settings)
         full, p = preset_sampler.schedule, preset_sampler.p
         above = [i for i in range(len(full)) if int(full.timesteps[i]) > p]
         below = [i for i in range(len(full)) if int(full.timesteps[i]) <= p]
@@ -164,7 +167,7 @@ def main() -> None:
 
     def ldpm_batch(b: int) -> None:
         kb, mb, xb = (t.expand(b, *t.shape[1:]) for t in (k, m, x_u))
-        sampler = DualStageSampler(n_steps=n_steps)
+        sampler = DualStageSampler(**settings)
         with torch.no_grad():
             c_latent = enc(sketcher(xb, kb, mb))
         sampler(mrcn, enc, dec, c_latent, kb, mb,
@@ -207,7 +210,7 @@ def main() -> None:
 
         ds.kspace_guidance = guidance
         try:
-            sampler = DualStageSampler(n_steps=n_steps)
+            sampler = DualStageSampler(**settings)
             with torch.no_grad():
                 c_latent = enc(sketcher(x_u, k, m))
             sampler(clocked("denoiser + control branch", mrcn), clocked("VAE encode (eq. 9)", enc),

@@ -202,22 +202,27 @@ def diffcode_evaluate(a: argparse.Namespace) -> None:
                              device=a.device)
 
 
+def _embedded_args(s: argparse.ArgumentParser) -> None:
+    """The arguments ``embedded`` and ``embedded-ood`` share: where to write, the config's
+    ``embedded`` block, the slices' crop and dropped slices, and the seed."""
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--embedded", type=_json, required=True,
+                   help="the config's `embedded` block as JSON")
+    s.add_argument("--crop-size", type=config_arg("data.crop_size"), required=True)
+    s.add_argument("--drop-last-slices", type=config_arg("data.drop_last_slices"), required=True)
+    s.add_argument("--seed", type=int, required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ldpm", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"ldpm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    for name, fn in (("embedded", embedded), ("embedded-ood", embedded_ood)):
-        s = sub.add_parser(name, help=fn.__doc__)
-        if name == "embedded":
-            s.add_argument("--subject", type=int, required=True)
-        s.add_argument("--out-dir", type=Path, required=True)
-        s.add_argument("--embedded", type=_json, required=True,
-                       help="the config's `embedded` block as JSON")
-        s.add_argument("--crop-size", type=config_arg("data.crop_size"), required=True)
-        s.add_argument("--drop-last-slices", type=config_arg("data.drop_last_slices"), required=True)
-        s.add_argument("--seed", type=int, required=True)
+    s = sub.add_parser("embedded", help=embedded.__doc__)
+    s.add_argument("--subject", type=int, required=True)
+    _embedded_args(s)
+    _embedded_args(sub.add_parser("embedded-ood", help=embedded_ood.__doc__))
 
     s = sub.add_parser("preprocess", help=preprocess.__doc__)
     s.add_argument("--input", type=Path, required=True)

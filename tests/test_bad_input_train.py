@@ -88,7 +88,8 @@ def _tiny_loop(ckpt_dir: Path, n_steps: int = 6, step_hook=None, ckpt_every: int
         return {"loss": loss.item()}
 
     return train(step_fn, {"net": net}, {"opt": opt}, ckpt_dir, n_steps, 1,
-                 lambda d: torch.save(net.state_dict(), d / "w.pt"), ckpt_every=ckpt_every, log=False)
+                 lambda d: torch.save(net.state_dict(), d / "w.pt"), config={"ckpt_every": ckpt_every},
+                 log=False)
 
 
 # ------------------------------------------------------------------------- non-finite loss

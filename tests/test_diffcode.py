@@ -28,12 +28,12 @@ from ldpm.mri import fft2c, ifft2c
 
 REPO = Path(__file__).resolve().parents[1]
 MRI = ["mri_sr", "mri_recon", "mri_denoise"]
-TINY = {"diffcode": {
+TINY = {"diffcode": {"overrides": {
     "model": {"naf_blocks": [1, 1], "channels": [4, 8], "codebook_size": 16, "code_dim": 8,
               "rq_depth": 2, "diffusion_steps": 4, "denoiser_hidden": 16, "experts": 3},
     "unet": {"chans": 4, "num_pool_layers": 2}, "swinir": {"embed_dim": 8, "depths": [1], "num_heads": [2]},
     "train": {"patch": 32, "batch_size": 4, "lr": 1e-2, "ckpt_every": 1000},
-    "steps": {"bank": 40, "retrieval": 40, "restore": 40, "unet": 40, "swinir": 40}}}
+    "steps": {"bank": 40, "retrieval": 40, "restore": 40, "unet": 40, "swinir": 40}}}}
 
 
 @pytest.fixture(scope="module")
@@ -432,6 +432,48 @@ def test_tables_render_values_paper_columns_and_na_cells(config, tmp_path):
     assert "34.6186" in text2 and r"\checkmark" in tex2.read_text()
 
 
+# ------------------------------------------------------------------------------ presets
+
+def test_override_schema_has_exactly_the_presets_keys_and_admits_their_values():
+    """``diffcode.overrides.<block>`` takes each key of the presets' blocks and no other, and
+    every preset value passes the schema as an override."""
+    from ldpm.config import load_schema, validate_config
+    from ldpm.studies.diffcode.presets import PRESETS
+
+    blocks = load_schema()["properties"]["diffcode"]["properties"]["overrides"]["properties"]
+    base = load_config()
+    for name, preset in PRESETS.items():
+        assert set(blocks) == set(preset), name
+        for block, values in preset.items():
+            assert set(blocks[block]["properties"]) == set(values), (name, block)
+        validate_config(deep_merge(base, {"diffcode": {"overrides": preset}}), name, check_paths=False)
+
+
+def test_train_preset_chooses_the_sizes_and_overrides_set_single_keys():
+    from ldpm.studies.diffcode.presets import PAPER
+
+    base = load_config()
+    paper = deep_merge(base, {"train": {"preset": "paper"}})
+    cfg = dcc.diffcode_stage_config(paper, "bank")
+    assert cfg["model"]["codebook_size"] == PAPER["model"]["codebook_size"] == 8192
+    assert cfg["n_steps"] == PAPER["steps"]["bank"] and cfg["patch"] == PAPER["train"]["patch"]
+    tuned = dcc.diffcode_stage_config(deep_merge(paper, {"diffcode": {"overrides": {
+        "model": {"code_dim": 16}, "steps": {"bank": 7}}}}), "bank")
+    assert tuned["model"] == {**cfg["model"], "code_dim": 16} and tuned["n_steps"] == 7
+    assert {k: v for k, v in tuned.items() if k not in ("model", "n_steps")} == \
+        {k: v for k, v in cfg.items() if k not in ("model", "n_steps")}
+    with pytest.raises(LdpmInputError, match="diffcode.steps.*unknown key"):
+        validate_config_of({"diffcode": {"steps": {"bank": 7}}})  # the sizes are not config keys
+    with pytest.raises(LdpmInputError, match="diffcode.overrides.model.codebook_sise.*unknown key"):
+        validate_config_of({"diffcode": {"overrides": {"model": {"codebook_sise": 8}}}})
+
+
+def validate_config_of(override: dict) -> dict:
+    from ldpm.config import validate_config
+
+    return validate_config(deep_merge(load_config(), override), "my.yaml", check_paths=False)
+
+
 # ------------------------------------------------------------------------------ stage graph
 
 def test_stage_graph_shares_the_bank_and_retrieval(config):
@@ -446,7 +488,7 @@ def test_stage_graph_shares_the_bank_and_retrieval(config):
     assert dcc.method_stages("v1") == ["restore_v1"] and dcc.method_stages("lq") == []
     assert len(dcc.all_stages(dc)) == 14
     cfg = dcc.diffcode_stage_config(config, "restore_top2")
-    assert cfg["variant"]["top_k"] == 2 and cfg["n_steps"] == dc["steps"]["restore"]
+    assert cfg["variant"]["top_k"] == 2 and cfg["n_steps"] == TINY["diffcode"]["overrides"]["steps"]["restore"]
     with pytest.raises(LdpmInputError, match="unknown"):
         dcc.stage_kind("restore_v9")
 

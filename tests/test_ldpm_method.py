@@ -11,6 +11,11 @@ from ldpm.models import MRControlNet, Sketcher, SwinIR, build_denoiser, build_va
 from conftest import TINY_DENOISER, TINY_VAE
 
 
+def ldpm_images(*args, **kwargs) -> np.ndarray:
+    """The images of :func:`ldpm.methods.ldpm.ldpm_reconstruct` (without its timings)."""
+    return ml.ldpm_reconstruct(*args, **kwargs).images
+
+
 
 @pytest.fixture
 def parts():
@@ -59,9 +64,12 @@ def run(monkeypatch, parts, measurement, variant):
     monkeypatch.setattr(ds, "dual_stage_sample", spy_dss)
     monkeypatch.setattr(ds, "plain_sample", spy_plain)
     k_u, mask = measurement
-    out = ml.ldpm_reconstruct(k_u, mask, {}, {"n_steps": 3, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive",
-                                                   "slice_seeds": [7]}, variant=variant)
+    result = ml.ldpm_reconstruct(k_u, mask, {}, {"n_steps": 3, "p": 200, "guidance_scale": 0.1,
+                                                 "eps_mode": "rederive", "batch_size": 8,
+                                                 "slice_seeds": [7]}, variant=variant)
+    out = result.images
     assert out.shape == (1, 32, 32) and np.isfinite(out).all()
+    assert set(result.timings) == {"sampling_seconds"} and result.timings["sampling_seconds"] > 0
     return calls, out
 
 
@@ -110,8 +118,8 @@ def test_batched_sampling_equals_one_slice_at_a_time(parts, variant):
     k_u = measure(x, mask)
     opts = {"n_steps": 4, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive",
             "slice_seeds": [7, 8, 9, 10]}
-    one = ml.ldpm_reconstruct(k_u, mask, {}, {**opts, "batch_size": 1}, variant=variant, models=parts)
-    four = ml.ldpm_reconstruct(k_u, mask, {}, {**opts, "batch_size": 4}, variant=variant, models=parts)
+    one = ldpm_images(k_u, mask, {}, {**opts, "batch_size": 1}, variant=variant, models=parts)
+    four = ldpm_images(k_u, mask, {}, {**opts, "batch_size": 4}, variant=variant, models=parts)
     assert np.abs(one).max() > 0
     assert np.abs(one - four).max() <= 1e-5 * max(1.0, float(np.abs(one).max()))
 
@@ -119,7 +127,8 @@ def test_batched_sampling_equals_one_slice_at_a_time(parts, variant):
 # ------------------------------------------------ real checkpoints, loaded as `reconstruct` does
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4}
-OPTS = {"n_steps": 3, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "slice_seeds": [7, 8]}
+OPTS = {"n_steps": 3, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "batch_size": 8,
+        "slice_seeds": [7, 8]}
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +179,13 @@ def test_loaded_checkpoints_reconstruct_as_the_trained_models_do(trained, two_sl
     VAE instead (and changes the output)."""
     folders, m, _ = trained
     k_u, mask = two_slices
-    loaded = ml.ldpm_reconstruct(k_u, mask, folders, dict(OPTS), variant="ldpm")
-    direct = ml.ldpm_reconstruct(k_u, mask, {}, dict(OPTS), variant="ldpm",
-                                 models=(m["sketcher"], m["vae"], m["mrcn"]))
+    loaded = ldpm_images(k_u, mask, folders, dict(OPTS), variant="ldpm")
+    direct = ldpm_images(k_u, mask, {}, dict(OPTS), variant="ldpm",
+                         models=(m["sketcher"], m["vae"], m["mrcn"]))
     np.testing.assert_allclose(loaded, direct, rtol=0, atol=1e-6)
-    wo = ml.ldpm_reconstruct(k_u, mask, folders, dict(OPTS), variant="ldpm_wo_mrvae")
-    wo_direct = ml.ldpm_reconstruct(k_u, mask, {}, dict(OPTS), variant="ldpm_wo_mrvae",
-                                    models=(m["sketcher"], m["vae_natural"], m["mrcn"]))
+    wo = ldpm_images(k_u, mask, folders, dict(OPTS), variant="ldpm_wo_mrvae")
+    wo_direct = ldpm_images(k_u, mask, {}, dict(OPTS), variant="ldpm_wo_mrvae",
+                            models=(m["sketcher"], m["vae_natural"], m["mrcn"]))
     np.testing.assert_allclose(wo, wo_direct, rtol=0, atol=1e-6)
     assert np.abs(wo - loaded).max() > 1e-3
 
@@ -188,13 +197,13 @@ def test_sd_layout_replaces_the_denoiser_and_the_untuned_vae(trained, two_slices
     k_u, mask = two_slices
     no_prior = {k: v for k, v in folders.items() if k not in ("denoiser", "vae_natural")}
     opts = {**OPTS, "sd_path": str(sd)}
-    np.testing.assert_allclose(ml.ldpm_reconstruct(k_u, mask, no_prior, dict(opts), variant="ldpm"),
-                               ml.ldpm_reconstruct(k_u, mask, folders, dict(OPTS), variant="ldpm"),
+    np.testing.assert_allclose(ldpm_images(k_u, mask, no_prior, dict(opts), variant="ldpm"),
+                               ldpm_images(k_u, mask, folders, dict(OPTS), variant="ldpm"),
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(
-        ml.ldpm_reconstruct(k_u, mask, no_prior, dict(opts), variant="ldpm_wo_mrvae"),
-        ml.ldpm_reconstruct(k_u, mask, {}, dict(OPTS), variant="ldpm_wo_mrvae",
-                            models=(m["sketcher"], m["vae_natural"], m["mrcn"])), rtol=0, atol=1e-6)
+        ldpm_images(k_u, mask, no_prior, dict(opts), variant="ldpm_wo_mrvae"),
+        ldpm_images(k_u, mask, {}, dict(OPTS), variant="ldpm_wo_mrvae",
+                    models=(m["sketcher"], m["vae_natural"], m["mrcn"])), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["ldpm", "ldpm_wo_skm", "ldpm_wo_dss"])
@@ -203,8 +212,8 @@ def test_scaling_the_measurement_scales_the_reconstruction(trained, two_slices, 
     c Phi(k_u, M)``."""
     folders, _, _ = trained
     k_u, mask = two_slices
-    base = ml.ldpm_reconstruct(k_u, mask, folders, dict(OPTS), variant=variant)
-    scaled = ml.ldpm_reconstruct(37.5 * k_u, mask, folders, dict(OPTS), variant=variant)
+    base = ldpm_images(k_u, mask, folders, dict(OPTS), variant=variant)
+    scaled = ldpm_images(37.5 * k_u, mask, folders, dict(OPTS), variant=variant)
     assert np.abs(base).max() > 0
     np.testing.assert_allclose(scaled, 37.5 * base, rtol=1e-4, atol=1e-5 * 37.5 * np.abs(base).max())
 

@@ -306,8 +306,7 @@ def test_sampling_time_goes_beside_the_recon_file_which_stays_reproducible(tmp_p
     import ldpm.methods as lm
 
     def timed_method(k_u, mask, checkpoints, options):
-        options["timings"]["sampling_seconds"] = 0.5
-        return np.abs(k_u).astype(np.float32)
+        return lm.Reconstruction(np.abs(k_u).astype(np.float32), {"sampling_seconds": 0.5})
 
     monkeypatch.setitem(lm.METHODS, "timed", timed_method)
     shard = tmp_path / "shard0.h5"

@@ -27,8 +27,8 @@ TINY = {
     # DiffCode: every kind of stage (bank, single bank, diffusion/direct retrieval, restore with
     # and without a prior, an all-in-one baseline), 2 steps each
     "diffcode": {"enabled": True, "variants": ["v1", "v3", "single"], "baselines": ["swinir"],
-                 "train": {"patch": 32, "batch_size": 2, "ckpt_every": 2},
-                 "steps": {"bank": 2, "retrieval": 2, "restore": 2, "unet": 2, "swinir": 2}},
+                 "overrides": {"train": {"patch": 32, "batch_size": 2, "ckpt_every": 2},
+                               "steps": {"bank": 2, "retrieval": 2, "restore": 2, "unet": 2, "swinir": 2}}},
     "lora": {"enabled": True, "step_counts": [2], "methods": ["ldpm_lora_r4", "ldpm_lora_r16", "ldpm_lora_t1",
                                              "ldpm_lora_t2", "ldpm_lora_mix"]},
 }

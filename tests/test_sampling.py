@@ -325,7 +325,7 @@ def _run(monkeypatch, vae, problem, sampler):
 
 
 def test_stage_switch_at_p(monkeypatch, vae, problem):
-    sampler = DualStageSampler(n_steps=12, p=200)
+    sampler = DualStageSampler(n_steps=12, p=200, guidance_scale=0.1, eps_mode="rederive")
     out, calls, ts = _run(monkeypatch, vae, problem, sampler)
     expected_ts = sampler.schedule.timesteps.flip(0).tolist()
     assert ts == expected_ts  # original timesteps, high to low
@@ -335,7 +335,8 @@ def test_stage_switch_at_p(monkeypatch, vae, problem):
 
 
 def test_plain_sampler_calls_neither(monkeypatch, vae, problem):
-    out, calls, ts = _run(monkeypatch, vae, problem, DualStageSampler(n_steps=6, use_dss=False))
+    plain = DualStageSampler(n_steps=6, p=200, guidance_scale=0.1, eps_mode="rederive", use_dss=False)
+    out, calls, ts = _run(monkeypatch, vae, problem, plain)
     assert calls == [] and len(ts) == 6
     assert out.shape == (1, 1, 32, 32) and out.min() >= 0
 
@@ -346,8 +347,11 @@ def test_samplers_are_seeded(vae, problem):
     eps_fn = lambda z, t, c: 0.3 * z  # noqa: E731
     c = torch.zeros(1, 4, 4, 4)
     s = respace(5)
-    a = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, generator=torch.Generator().manual_seed(0))
-    b = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, generator=torch.Generator().manual_seed(0))
+    settings = {"p": 200, "guidance_scale": 0.1, "eps_mode": "rederive"}
+    a = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, **settings,
+                          generator=torch.Generator().manual_seed(0))
+    b = dual_stage_sample(eps_fn, enc, dec, c, k_u, mask, s, **settings,
+                          generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
     z1 = plain_spaced_ddpm(eps_fn, (1, 4, 4, 4), s, torch.Generator().manual_seed(0), c)
     z2 = plain_spaced_ddpm(eps_fn, (1, 4, 4, 4), s, torch.Generator().manual_seed(1), c)

@@ -296,16 +296,16 @@ def test_loop_resumes_after_a_crash_bit_identically(tmp_path):
     def save(net):
         return lambda d: torch.save(net.state_dict(), d / "w.pt")
 
+    every4 = {"config": {"ckpt_every": 4}, "log": False}
     net, opt = make()
-    train(runner(net, opt), {"net": net}, {"opt": opt}, tmp_path / "a", 9, 1, save(net), ckpt_every=4, log=False)
+    train(runner(net, opt), {"net": net}, {"opt": opt}, tmp_path / "a", 9, 1, save(net), **every4)
     net2, opt2 = make()
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(runner(net2, opt2, crash_at=6), {"net": net2}, {"opt": opt2}, tmp_path / "b", 9, 1,
-              save(net2), ckpt_every=4, log=False)
+              save(net2), **every4)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["step"] == 4
     net3, opt3 = make()  # a fresh process: weights come from last.pt only
-    train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 1, save(net3), ckpt_every=4,
-          log=False)
+    train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 1, save(net3), **every4)
     wa = torch.load(tmp_path / "a" / "final" / "w.pt")
     wb = torch.load(tmp_path / "b" / "final" / "w.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -313,11 +313,10 @@ def test_loop_resumes_after_a_crash_bit_identically(tmp_path):
     assert [int(r["step"]) for r in rows] == list(range(9))
     # a finished run is not redone, and another seed cannot resume it
     before = (tmp_path / "b" / "final" / "w.pt").stat().st_mtime_ns
-    train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 1, save(net3), ckpt_every=4, log=False)
+    train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 1, save(net3), **every4)
     assert (tmp_path / "b" / "final" / "w.pt").stat().st_mtime_ns == before
     with pytest.raises(Exception, match="seed"):
-        train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 2, save(net3), ckpt_every=4,
-              log=False)
+        train(runner(net3, opt3), {"net": net3}, {"opt": opt3}, tmp_path / "b", 9, 2, save(net3), **every4)
 
 
 def test_step_generator_depends_only_on_seed_and_step():

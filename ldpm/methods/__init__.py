@@ -27,7 +27,7 @@ from ..mri.masks import slice_seed
 from .graph import (BASELINES, LDPM_VARIANTS, MULTICOIL_METHODS, SKETCHER_ONLY, Study, all_stages,
                     method_options, method_stages, register_study, stage_dependencies, step_variant,
                     studies, study_methods)
-from .registry import METHODS, Method, register
+from .registry import METHODS, Method, Reconstruction, register
 
 
 @register("zero_filled")
@@ -87,10 +87,12 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
     if base in MULTICOIL_METHODS:  # which raw slice each row is
         options["volumes"] = [v.decode() if isinstance(v, bytes) else str(v) for v in volume]
         options["slices"] = [int(s) for s in slices]
-    options["timings"] = timings = {}  # a method may record e.g. its sampling_seconds here
     start = time.perf_counter()
+    timings: dict[str, float] = {}
     if len(target):
         recon = METHODS[base](measure(target, mask), mask, dict(checkpoints or {}), options)
+        if isinstance(recon, Reconstruction):  # a method's own timings, e.g. its sampling_seconds
+            recon, timings = recon.images, dict(recon.timings)
     else:
         recon = np.zeros_like(target, dtype=np.float32)
     if recon.shape != target.shape:
@@ -108,7 +110,8 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
             f.attrs["method"] = method
 
 
-__all__ = ["BASELINES", "LDPM_VARIANTS", "METHODS", "MULTICOIL_METHODS", "Method", "SKETCHER_ONLY",
-           "Study", "all_stages", "load_registry", "measure", "method_options", "method_stages",
+__all__ = ["BASELINES", "LDPM_VARIANTS", "METHODS", "MULTICOIL_METHODS", "Method", "Reconstruction",
+           "SKETCHER_ONLY", "Study", "all_stages", "load_registry", "measure", "method_options",
+           "method_stages",
            "reconstruct_shard", "register", "register_study", "seeds_for", "stage_dependencies",
            "step_variant", "studies", "study_methods", "timing_path"]

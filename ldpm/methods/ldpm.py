@@ -32,7 +32,7 @@ from ..errors import LdpmInputError
 from ..io import progress
 from ..mri import ifft2c, measurement_scale
 from .graph import SKETCHER_ONLY
-from .registry import register
+from .registry import Reconstruction, register
 
 #: the three switches of Table II, and each method's setting of them
 ABLATION_SWITCHES: dict[str, dict[str, str]] = {
@@ -93,30 +93,40 @@ def normalised_measurement(k_u: np.ndarray, mask: np.ndarray, dev: torch.device)
 
 #: the Dual-Stage Sampler's settings, all from the config's ``inference.ldpm`` (eq. 8-12)
 SAMPLER_KEYS = ("n_steps", "p", "guidance_scale", "eps_mode")
+#: every key LDPM's reconstruction reads from ``inference.ldpm``: the sampler's settings and
+#: ``batch_size`` (slices sampled at once)
+LDPM_KEYS = (*SAMPLER_KEYS, "batch_size")
+
+
+def _require(options: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse ``options`` without one of ``keys``: the config's ``inference.ldpm`` is their one
+    source, so a missing one is an error, never a default."""
+    missing = [k for k in keys if k not in options]
+    if missing:
+        raise LdpmInputError(f"config: inference.ldpm.{missing[0]}", "is not set",
+                             f"set inference.ldpm.{{{', '.join(LDPM_KEYS)}}} (config/config.yaml)")
 
 
 def sampler_settings(options: Mapping[str, Any]) -> dict[str, Any]:
     """``n_steps``, ``p``, ``guidance_scale``, ``eps_mode`` from the method's options (the
     config's ``inference.ldpm``); a missing one is an error, never a default."""
-    missing = [k for k in SAMPLER_KEYS if k not in options]
-    if missing:
-        raise LdpmInputError(f"config: inference.ldpm.{missing[0]}", "is not set",
-                             f"set inference.ldpm.{{{', '.join(SAMPLER_KEYS)}}} (config/config.yaml)")
+    _require(options, SAMPLER_KEYS)
     return {"n_steps": int(options["n_steps"]), "p": int(options["p"]),
             "guidance_scale": float(options["guidance_scale"]), "eps_mode": str(options["eps_mode"])}
 
 
 def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str, Path],
-                     options: dict[str, Any], variant: str = "ldpm", models=None) -> np.ndarray:
-    """Reconstruct every slice with LDPM (or one of its ablations) -> [N, H, W] magnitudes.
+                     options: dict[str, Any], variant: str = "ldpm", models=None) -> Reconstruction:
+    """Reconstruct every slice with LDPM (or one of its ablations): [N, H, W] magnitudes and
+    ``sampling_seconds``, the seconds spent sampling (loading excluded).
 
     ``models``: ``(sketcher, vae, mrcn)`` to use instead of loading them from ``checkpoints``
-    (e.g. a study's generator with an adapted denoiser). The seconds spent sampling (loading
-    excluded) go to ``options["timings"]["sampling_seconds"]`` when that dict is given.
+    (e.g. a study's generator with an adapted denoiser).
     """
     from ..models import vae_decode, vae_encode
     from ..sampling.dual_stage import DualStageSampler
 
+    _require(options, LDPM_KEYS)
     switches = {**ABLATION_SWITCHES[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
                                         if k in options}}
     dev = torch.device(options.get("device", "cpu"))
@@ -125,7 +135,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     sampler = DualStageSampler(**sampler_settings(options), use_dss=switches["sampler"] == "dss")
     encode, decode = partial(vae_encode, vae), partial(vae_decode, vae)
     seeds = options["slice_seeds"]
-    bs = int(options.get("batch_size", 8))
+    bs = int(options["batch_size"])
     out = np.zeros(k_u.shape, np.float32)
     start = time.perf_counter()
     with progress(len(k_u), variant) as bar:
@@ -137,9 +147,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
             x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
             out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
             bar.update(len(k))
-    if isinstance(options.get("timings"), dict):
-        options["timings"]["sampling_seconds"] = time.perf_counter() - start
-    return out
+    return Reconstruction(out, {"sampling_seconds": time.perf_counter() - start})
 
 
 for _name in ABLATION_SWITCHES:

@@ -12,6 +12,10 @@ At each kept step with ORIGINAL timestep t (read top to bottom in :func:`dual_st
 Reading of eq. 10's expectation: ``delta`` is the squared L2 norm over k-space of one sample.
 A batch sums the samples' ``delta``: each sample's gradient is then its own, whatever the batch
 size, so sampling a batch gives what sampling its slices one at a time gives.
+
+The sampler's settings (``n_steps``, ``p``, ``guidance_scale``, ``eps_mode``) have no defaults
+here: their one source is the config's ``inference.ldpm`` block
+(:func:`ldpm.methods.ldpm.sampler_settings`).
 """
 
 from __future__ import annotations
@@ -61,16 +65,15 @@ def kspace_guidance(z0: torch.Tensor, k_u: torch.Tensor, mask: torch.Tensor, vae
 
 def dual_stage_sample(eps_fn: EpsFn, vae_encode: Codec, vae_decode: Codec, c_latent: torch.Tensor,
                       k_u: torch.Tensor, mask: torch.Tensor, schedule: SpacedSchedule,
-                      p: int = 200, guidance_scale: float = 0.1,
-                      generator: Generators = None,
-                      eps_mode: str = "rederive") -> torch.Tensor:
+                      p: int, guidance_scale: float, generator: Generators = None, *,
+                      eps_mode: str) -> torch.Tensor:
     """Sample ``x_hat`` [B, 1, H, W] given ``c_latent = E(c)`` and the measurements.
 
     The decoded sample is clipped at 0 only (a magnitude): intensities above ``max |x_u|``
     (the unit of a normalised slice) are kept.
 
     ``p`` and the switch compare ORIGINAL timesteps in [0, T-1]. ``eps_mode``: ``"rederive"``
-    (default) recomputes eq. 12's ``eps_t`` from ``z0'`` so that each step is the DDPM
+    recomputes eq. 12's ``eps_t`` from ``z0'`` so that each step is the DDPM
     posterior ``q(z_{t-1} | z_t, z0')``; ``"network"`` uses the network's ``eps_t`` as printed.
     """
     if eps_mode not in ("rederive", "network"):
@@ -94,18 +97,18 @@ def dual_stage_sample(eps_fn: EpsFn, vae_encode: Codec, vae_decode: Codec, c_lat
         return vae_decode(z).clamp_min(0.0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DualStageSampler:
     """``sampler(eps_fn, vae_encode, vae_decode, c_latent, k_u, mask, generator) -> x_hat``.
 
     ``use_dss=False`` is the "w/o DSS" ablation: the plain respaced DDPM, with no DC and no guidance.
     """
 
-    n_steps: int = 25
-    p: int = 200
-    guidance_scale: float = 0.1
+    n_steps: int
+    p: int
+    guidance_scale: float
+    eps_mode: str
     use_dss: bool = True
-    eps_mode: str = "rederive"
     schedule: SpacedSchedule = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,4 +120,4 @@ class DualStageSampler:
         if not self.use_dss:
             return plain_sample(eps_fn, vae_decode, c_latent, self.schedule, generator)
         return dual_stage_sample(eps_fn, vae_encode, vae_decode, c_latent, k_u, mask, self.schedule,
-                                 self.p, self.guidance_scale, generator, self.eps_mode)
+                                 self.p, self.guidance_scale, generator, eps_mode=self.eps_mode)

@@ -21,12 +21,16 @@ Generators = "torch.Generator | Sequence[torch.Generator] | None"
 #: ``eps_fn(z_t, t, c_latent) -> eps``; ``t`` is a [B] tensor of ORIGINAL timesteps in [0, T-1].
 EpsFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
+#: SD's noise schedule, the defaults of :func:`base_alphas_cumprod` and :func:`respace`
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                "beta_schedule": "scaled_linear"}
+_T = SD_SCHEDULE["num_train_timesteps"]
 
 
-def base_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
-                        beta_end: float = 0.012, beta_schedule: str = "scaled_linear") -> torch.Tensor:
+def base_alphas_cumprod(num_train_timesteps: int = _T,
+                        beta_start: float = SD_SCHEDULE["beta_start"],
+                        beta_end: float = SD_SCHEDULE["beta_end"],
+                        beta_schedule: str = SD_SCHEDULE["beta_schedule"]) -> torch.Tensor:
     """``abar_t`` for t = 0..T-1 (float64), from diffusers' ``DDPMScheduler`` (used by eq. 6)."""
     sched = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
                           beta_end=beta_end, beta_schedule=beta_schedule)
@@ -54,14 +58,16 @@ class SpacedSchedule:
     alphas_cumprod_prev: torch.Tensor  # abar of the previous kept step (1 before the first)
     betas: torch.Tensor                # respaced betas
     posterior_variance: torch.Tensor   # sigma_t^2 of eq. 12
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = _T
 
     def __len__(self) -> int:
         return int(self.timesteps.numel())
 
 
-def respace(n_steps: int, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
-            beta_end: float = 0.012, beta_schedule: str = "scaled_linear") -> SpacedSchedule:
+def respace(n_steps: int, num_train_timesteps: int = _T,
+            beta_start: float = SD_SCHEDULE["beta_start"],
+            beta_end: float = SD_SCHEDULE["beta_end"],
+            beta_schedule: str = SD_SCHEDULE["beta_schedule"]) -> SpacedSchedule:
     """The respaced schedule with ``n_steps`` sampling steps (DiffBIR ``SpacedSampler``)."""
     abar_all = base_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule)
     ts = torch.tensor(space_timesteps(num_train_timesteps, n_steps), dtype=torch.int64)

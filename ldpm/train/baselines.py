@@ -164,9 +164,9 @@ def train_baseline(name: str, images: torch.Tensor | SliceStream, cfg: Mapping[s
                   d / "model.safetensors")
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 ckpt_every=int(cfg["ckpt_every"]), log=log, stage=f"baseline_{name}", config=cfg,
-                 notes=notes, stop_after=stop_after,
-                 runtime=rt, loader=images if isinstance(images, SliceStream) else None)
+                 log=log, stage=f"baseline_{name}", config=cfg, notes=notes,
+                 stop_after=stop_after, runtime=rt,
+                 loader=images if isinstance(images, SliceStream) else None)
     if meta["steps_done"] == n_steps:
         return load_baseline(ckpt_dir)[0]
     return average.weights.eval()

@@ -165,7 +165,6 @@ def train_controlnet(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] 
 
     streamed = isinstance(images, SliceStream) and not cfg.get("n_masks")  # steps read it
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed,
-                 save_final, ckpt_every=int(cfg["ckpt_every"]), log=log, stage=STAGE, config=cfg,
-                 stop_after=stop_after,
+                 save_final, log=log, stage=STAGE, config=cfg, stop_after=stop_after,
                  runtime=rt, loader=images if streamed else None)
     return load_controlnet(ckpt_dir, denoiser.cpu()) if meta["steps_done"] == n_steps else model.eval()

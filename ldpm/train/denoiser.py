@@ -124,8 +124,7 @@ def train_denoiser(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | 
         save_file({"null": null.contiguous()}, d / NULL_EMBEDDING_FILE)
 
     meta = train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 ckpt_every=int(cfg["ckpt_every"]), log=log, stage=STAGE, config=cfg,
-                 stop_after=stop_after, runtime=rt,
+                 log=log, stage=STAGE, config=cfg, stop_after=stop_after, runtime=rt,
                  meta_extra=lambda: {"vae_scaling_factor": float(vae.config.scaling_factor),
                                      "latent_std": float(latents.std())})
     return load_denoiser(ckpt_dir) if meta["steps_done"] == n_steps else (average.weights.eval(), null)

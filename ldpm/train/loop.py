@@ -431,8 +431,8 @@ def _resumable(config: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
           optimizers: Mapping[str, torch.optim.Optimizer], ckpt_dir: str | Path, n_steps: int,
-          seed: int, save_final: Callable[[Path], None], *, ckpt_every: int = 100,
-          log: bool = True, stage: str = "train", config: Mapping[str, Any] | None = None,
+          seed: int, save_final: Callable[[Path], None], *, config: Mapping[str, Any],
+          log: bool = True, stage: str = "train",
           notes: Iterable[str] = (), stop_after: int | None = None,
           meta_extra: Callable[[], Mapping[str, Any]] | None = None,
           runtime: Runtime | None = None, loader: SliceStream | None = None) -> dict[str, Any]:
@@ -453,7 +453,11 @@ def train(step_fn: StepFn, modules: Mapping[str, nn.Module],
 
     ``loader``: the :class:`SliceStream` the step function reads, if any; its position is saved
     in ``last.pt`` and restored on resume.
+
+    ``config``: the stage config, saved in ``last.pt`` (a checkpoint resumes only under the same
+    config, but for its length); ``last.pt`` is written every ``config["ckpt_every"]`` steps.
     """
+    ckpt_every = int(config["ckpt_every"])
     rt = runtime or Runtime()
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,6 @@ def train_sketcher(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | 
                   d / "model.safetensors")
 
     meta = train(step_fn, {"model": model}, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 ckpt_every=int(cfg["ckpt_every"]), log=log, stage=STAGE, config=cfg, stop_after=stop_after, runtime=rt,
+                 log=log, stage=STAGE, config=cfg, stop_after=stop_after, runtime=rt,
                  loader=images if isinstance(images, SliceStream) else None)
     return load_sketcher(ckpt_dir) if meta["steps_done"] == n_steps else model.eval()

@@ -171,7 +171,7 @@ def train_vae(images: torch.Tensor | SliceStream, cfg: Mapping[str, Any] | None,
         net.save_pretrained(d, safe_serialization=True)
 
     meta = train(step_fn, modules, {"opt_g": opt_g, "opt_d": opt_d}, ckpt_dir,
-                 n_steps, seed, save_final, ckpt_every=int(cfg["ckpt_every"]), log=log,
+                 n_steps, seed, save_final, log=log,
                  stage=stage, config=cfg, notes=notes, stop_after=stop_after, runtime=rt,
                  loader=images if isinstance(images, SliceStream) else None,
                  meta_extra=lambda: {"sd_path": str(sd_path) if sd_path else None,

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from ...errors import LdpmInputError
 from .data import task_availability
+from .presets import hyperparameters
 
 #: method -> (prior: None | 'diffusion' | 'direct', codebook: None | 'bank' | 'single', TARS, top-k
 #: (None: the config's model.top_k))
@@ -155,15 +156,16 @@ def data_config(config: Mapping) -> dict[str, Any]:
 
 def diffcode_stage_config(config: Mapping, stage: str) -> dict[str, Any]:
     """The resolved config of one stage (what ``ldpm diffcode-train`` gets, and what its
-    checkpoint must match to be resumed): data, training settings and only its own model keys."""
-    dc = config["diffcode"]
+    checkpoint must match to be resumed): data, training settings and only its own model keys,
+    from the preset ``train.preset`` names with ``diffcode.overrides`` (:mod:`.presets`)."""
+    hp = hyperparameters(config)
     kind = stage_kind(stage)
-    tr = dc["train"]
+    tr = hp["train"]
     out: dict[str, Any] = {"stage": stage, "kind": kind, **data_config(config),
                            "patch": int(tr["patch"]), "batch_size": int(tr["batch_size"]),
                            "lr": float(tr["lr"]), "lr_min": float(tr["lr_min"]),
-                           "ckpt_every": int(tr["ckpt_every"]), "n_steps": int(dc["steps"][kind])}
-    m = dc["model"]
+                           "ckpt_every": int(tr["ckpt_every"]), "n_steps": int(hp["steps"][kind])}
+    m = hp["model"]
     naf = {"channels": list(m["channels"]), "naf_blocks": list(m["naf_blocks"])}
     vq = {**naf, "code_dim": m["code_dim"], "codebook_size": m["codebook_size"], "rq_depth": m["rq_depth"]}
     if kind == "bank":
@@ -179,7 +181,7 @@ def diffcode_stage_config(config: Mapping, stage: str) -> dict[str, Any]:
         out.update(variant=dict(variant), model={**naf, "experts": m["experts"], "top_k": m["top_k"],
                                                  "cls_weight": m["cls_weight"]})
     else:
-        out.update(model=dict(dc[kind]))
+        out.update(model=dict(hp[kind]))
     return out
 
 

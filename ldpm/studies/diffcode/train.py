@@ -260,7 +260,7 @@ def train_stage(cfg: Mapping, manifest: str | Path, out_dir: str | Path, seed: i
         return out
 
     return train(step_fn, modules, {"opt": opt}, out_dir, int(cfg["n_steps"]), seed,
-                 lambda d: save_stage(d, cfg, modules), ckpt_every=int(cfg["ckpt_every"]),
-                 log=log, stage=f"diffcode_{cfg['stage']}", config=cfg, stop_after=stop_after,
+                 lambda d: save_stage(d, cfg, modules), log=log, stage=f"diffcode_{cfg['stage']}",
+                 config=cfg, stop_after=stop_after,
                  meta_extra=lambda: {"parameters": {k: sum(p.numel() for p in m.parameters())
                                                     for k, m in modules.items()}})

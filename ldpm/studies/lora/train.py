@@ -164,8 +164,8 @@ def train_lora(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Pat
     if train_control:
         modules["controlnet"] = model.controlnet
     return train(step_fn, modules, {"opt": opt}, ckpt_dir, n_steps, seed, save_final,
-                 ckpt_every=int(cfg["ckpt_every"]), log=log, stage=adapter, config=cfg,
-                 stop_after=stop_after, runtime=rt, meta_extra=lambda: info)
+                 log=log, stage=adapter, config=cfg, stop_after=stop_after, runtime=rt,
+                 meta_extra=lambda: info)
 
 
 def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str | Path,
@@ -202,8 +202,7 @@ def train_lora_eps(images: torch.Tensor, cfg: Mapping[str, Any], ckpt_dir: str |
         (d / "lora.json").write_text(json.dumps(info, indent=2) + "\n")
 
     return train(step_fn, {"lora": AdapterState(denoiser, adapter)}, {"opt": opt}, ckpt_dir, n_steps,
-                 seed, save_final, ckpt_every=int(cfg["ckpt_every"]), log=log, stage=adapter,
-                 config=cfg, stop_after=stop_after,
+                 seed, save_final, log=log, stage=adapter, config=cfg, stop_after=stop_after,
                  runtime=rt, meta_extra=lambda: info)
 
 
