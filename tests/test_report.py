@@ -397,3 +397,35 @@ def test_table3_ood_column_is_the_ood_sets_mean_and_says_what_the_set_is(tmp_pat
     (res / "metrics" / "unet" / "per_volume.csv").rename(res / "metrics" / "ldpm" / "per_volume.csv")
     with pytest.raises(Exception, match="ldpm/ood/per_volume.csv: .*run the evaluate_ood step for ldpm"):
         make_table3(res, ["zero_filled", "ldpm"], load_paper_values(PAPER), with_ood=True)
+
+
+def test_training_curves_panel_per_stage_and_first_last_tenth_means(tmp_path):
+    """``training_curves``: one panel per stage titled by it (raw loss and moving average; a log
+    axis when the loss spans > 10x), a stage without log.csv as a panel that says so, and the
+    mean loss over each stage's first and last 10% of logged steps."""
+    from ldpm.report.figures import save_figure
+    from ldpm.report.plots import training_curves
+
+    falling = pd.DataFrame({"step": range(100), "loss": np.linspace(10.0, 0.1, 100), "lr": 1e-4})
+    flat = pd.DataFrame({"step": range(40), "loss": [1.0, 3.0] * 20})
+    for stage, df in (("falling", falling), ("flat", flat)):
+        (tmp_path / "models" / stage).mkdir(parents=True)
+        df.to_csv(tmp_path / "models" / stage / "log.csv", index=False)
+    fig, losses = training_curves(tmp_path, ["falling", "flat", "gone", "flat"])
+    assert [ax.get_title() for ax in fig.axes] == ["falling", "flat", "gone"]
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    assert len(by_title["falling"].lines) == 2 and by_title["falling"].get_yscale() == "log"
+    assert len(by_title["flat"].lines) == 2 and by_title["flat"].get_yscale() == "linear"
+    assert not by_title["gone"].lines and "no log.csv" in by_title["gone"].texts[0].get_text()
+    losses = losses.set_index("stage")
+    assert list(losses.index) == ["falling", "flat", "gone"]
+    assert losses.loc["falling", "steps"] == 100
+    assert losses.loc["falling", "first_10pct"] == pytest.approx(falling["loss"][:10].mean())
+    assert losses.loc["falling", "last_10pct"] == pytest.approx(falling["loss"][-10:].mean())
+    assert bool(losses.loc["falling", "fell"]) and not bool(losses.loc["flat", "fell"])
+    assert losses.loc["flat", "first_10pct"] == pytest.approx(2.0)
+    assert losses.loc["flat", "last_10pct"] == pytest.approx(2.0)
+    assert pd.isna(losses.loc["gone", "first_10pct"])
+    assert "no log.csv" in losses.loc["gone", "missing"]
+    out = save_figure(fig, tmp_path / "figures" / "curves.png")
+    assert out.stat().st_size > 1000 and out.with_suffix(".pdf").is_file()

@@ -7,7 +7,9 @@
 * :func:`cost_table` / :func:`plot_costs`: wall time and peak memory of every training stage and
   every method's reconstruction, read from the ``benchmark:`` files Snakemake writes for each job
   (``benchmarks/{train,reconstruct,evaluate,preprocess}/*.tsv``);
-* :func:`plot_quality_vs_time`: test PSNR against reconstruction seconds per slice, per method.
+* :func:`plot_quality_vs_time`: test PSNR against reconstruction seconds per slice, per method;
+* :func:`training_curves`: each training stage's loss against the step (``models/<stage>/log.csv``)
+  and the mean loss over its first and last 10% of steps (the studies' notebooks show both).
 
 Every figure is written as PNG and PDF (:func:`ldpm.report.figures.save_figure`).
 """
@@ -15,6 +17,7 @@ Every figure is written as PNG and PDF (:func:`ldpm.report.figures.save_figure`)
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -183,3 +186,104 @@ def plot_quality_vs_time(costs: pd.DataFrame, psnr: Mapping[str, float], out_png
         ax.set(xlabel="reconstruction seconds per test slice", ylabel="test PSNR (dB)")
         fig.tight_layout()
         return save_figure(fig, out_png)
+
+
+#: the share of a stage's logged steps that the moving average spans, and that the loss table's
+#: "first" and "last" columns average over
+CURVE_FRACTION = 0.1
+#: the moving average's smallest window (steps)
+MIN_CURVE_WINDOW = 5
+
+
+def read_training_log(results: str | Path, stage: str) -> tuple[pd.DataFrame | None, str | None]:
+    """``models/<stage>/log.csv`` as ``step`` and ``loss`` sorted by step (finite losses; the
+    last row of a repeated step), or ``(None, reason)`` when there is nothing to plot."""
+    path = Path(results) / "models" / stage / "log.csv"
+    if not path.is_file():
+        why = ("final/ is there: its log was not copied or pulled with it"
+               if (path.parent / "final").is_dir() else "stage not trained in this run")
+        return None, f"no log.csv in models/{stage}/ ({why})"
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        return None, f"models/{stage}/log.csv unreadable: {type(err).__name__}"
+    if not {"step", "loss"} <= set(df.columns):
+        return None, f"models/{stage}/log.csv has no step and loss columns"
+    df = pd.DataFrame({"step": pd.to_numeric(df["step"], errors="coerce"),
+                       "loss": pd.to_numeric(df["loss"], errors="coerce")})
+    df = df[df["step"].notna() & df["loss"].map(math.isfinite)]
+    df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
+    if df.empty:
+        return None, f"models/{stage}/log.csv has no finite loss"
+    return df.reset_index(drop=True), None
+
+
+def loss_summary(logs: Mapping[str, tuple[pd.DataFrame | None, str | None]]) -> pd.DataFrame:
+    """One row per stage: ``steps`` (logged), ``first_10pct`` and ``last_10pct`` (mean loss over
+    the first and last ``CURVE_FRACTION`` of the logged steps, at least one step each),
+    ``last_over_first`` (their ratio), ``fell`` (last < first) and ``missing`` (why a stage has
+    no numbers)."""
+    rows = []
+    for stage, (df, reason) in logs.items():
+        row = {"stage": stage, "steps": 0, "first_10pct": None, "last_10pct": None,
+               "last_over_first": None, "fell": None, "missing": reason}
+        if df is not None:
+            k = max(1, math.ceil(CURVE_FRACTION * len(df)))
+            first, last = float(df["loss"].iloc[:k].mean()), float(df["loss"].iloc[-k:].mean())
+            row.update(steps=len(df), first_10pct=first, last_10pct=last, fell=last < first,
+                       last_over_first=last / first if first != 0 else None)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["stage", "steps", "first_10pct", "last_10pct",
+                                       "last_over_first", "fell", "missing"])
+
+
+def loss_markdown(summary: pd.DataFrame) -> str:
+    """:func:`loss_summary` as a markdown table (4 significant digits; ``–`` where a stage has
+    no log), with a note saying what its columns are."""
+    shown = summary.rename(columns={"first_10pct": "mean loss, first 10%",
+                                    "last_10pct": "mean loss, last 10%",
+                                    "last_over_first": "last / first", "fell": "loss fell",
+                                    "missing": "no curve because"})
+    shown = shown.astype(object).where(shown.notna(), None)  # empty cells, not "nan"
+    note = ("Mean of the logged loss over each stage's first and last 10% of steps (at least one "
+            "step each); last / first < 1: the loss fell over training.")
+    return shown.to_markdown(index=False, floatfmt=".4g", missingval="–") + f"\n\n{note}\n"
+
+
+def training_curves(results: str | Path, stages: Sequence[str]) -> tuple[plt.Figure, pd.DataFrame]:
+    """One panel per stage, titled by it: the raw loss of ``models/<stage>/log.csv`` (faint) and
+    its centred moving average over ``CURVE_FRACTION`` of the steps (at least
+    ``MIN_CURVE_WINDOW``; bold) against the step, on a log axis when the loss spans more than 10x;
+    a stage without a usable log gets a panel that says why. Returns the figure (the caller saves
+    it, e.g. with :func:`ldpm.report.figures.save_figure`) and :func:`loss_summary` of the logs."""
+    stages = list(dict.fromkeys(stages))
+    logs = {s: read_training_log(results, s) for s in stages}
+    n = max(1, len(stages))
+    cols = min(n, 3 if n <= 6 else 4)
+    rows = -(-n // cols)
+    with themed():
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+        for ax in axes.ravel()[len(stages):]:
+            fig.delaxes(ax)
+        for ax, (stage, (df, reason)) in zip(axes.ravel(), logs.items()):
+            ax.set_title(stage, fontsize=9)
+            if df is None:
+                ax.text(0.5, 0.5, reason.replace(" (", "\n("), ha="center", va="center",
+                        fontsize=7, wrap=True, transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            window = max(MIN_CURVE_WINDOW, round(CURVE_FRACTION * len(df)))
+            smooth = df["loss"].rolling(window, center=True, min_periods=1).mean()
+            ax.plot(df["step"], df["loss"], lw=0.6, alpha=0.3, color="C0", label="loss")
+            ax.plot(df["step"], smooth, lw=1.6, color="C0",
+                    label=f"moving average ({window} steps)")
+            low, high = float(df["loss"].min()), float(df["loss"].max())
+            if low > 0 and high > 10 * low:
+                ax.set_yscale("log")
+            ax.set_xlabel("step", fontsize=8)
+            ax.set_ylabel("loss", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+    return fig, loss_summary(logs)
