@@ -501,3 +501,20 @@ def test_disabled_diffcode_adds_nothing_to_the_dag(tmp_path):
                            "--configfile", str(cfg), "-n", "all"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "diffcode" not in proc.stdout and "rule all" in proc.stdout + proc.stderr
+
+
+def test_curves_cover_every_stage_the_methods_use(config, tmp_path):
+    from ldpm.studies.diffcode.report import curve_stages, make_curves
+
+    methods = dcc.methods(config["diffcode"])
+    assert curve_stages(methods) == [f"diffcode_{s}" for s in dcc.all_stages(config["diffcode"])]
+    assert curve_stages(["lq"]) == []
+    (tmp_path / "models" / "diffcode_bank" / "final").mkdir(parents=True)
+    log = pd.DataFrame({"step": range(30), "loss": np.linspace(3.0, 1.0, 30), "perplexity_0": 1.0})
+    log.to_csv(tmp_path / "models" / "diffcode_bank" / "log.csv", index=False)
+    png, losses = make_curves(tmp_path, ["diffcode"])
+    assert png == tmp_path / "figures" / "diffcode_curves.png" and png.is_file()
+    losses = losses.set_index("stage")
+    assert list(losses.index) == curve_stages(["diffcode"])
+    assert bool(losses.loc["diffcode_bank", "fell"]) and losses.loc["diffcode_bank", "steps"] == 30
+    assert losses["missing"].drop("diffcode_bank").str.contains("no log.csv").all()

@@ -371,3 +371,20 @@ def test_table_renders_numbers_from_files_and_na_with_reasons(tmp_path):
     assert "no sampling time for recon/ldpm/shard0.h5" in text
     assert "no T2/FLAIR" not in text and "30.00" in text  # the FLAIR volume is the T2/FLAIR group
     assert tex.read_text().count("n/a") >= 3
+
+
+def test_curves_show_each_rows_own_stage_once(tmp_path):
+    from ldpm.studies.lora.report import curve_stages, make_lora_curves
+
+    methods = ["ldpm", "ldpm_lora_r4", "ldpm_lora_mix", "ldpm_lora_t1", "ldpm_s10"]
+    assert curve_stages(methods) == ["controlnet", "lora_r4", "lora_t1", "lora_t2"]
+    (tmp_path / "models" / "lora_r4" / "final").mkdir(parents=True)
+    loss = np.linspace(2.0, 1.0, 20)
+    log = tmp_path / "models" / "lora_r4" / "log.csv"
+    pd.DataFrame({"step": range(20), "loss": loss}).to_csv(log, index=False)
+    png, losses = make_lora_curves(tmp_path, ["ldpm", "ldpm_lora_r4"])
+    assert png == tmp_path / "figures" / "lora_curves.png" and png.is_file()
+    assert png.with_suffix(".pdf").is_file()
+    losses = losses.set_index("stage")
+    assert losses.loc["lora_r4", "first_10pct"] == pytest.approx(loss[:2].mean())
+    assert "stage not trained" in losses.loc["controlnet", "missing"]

@@ -8,6 +8,9 @@ PSNR and SSIM, ``Δ`` = ours − paper; RMSE has no Δ (the paper's RMSE is in e
 units). Cells are rendered by :func:`ldpm.report.tables.display_table` (best in bold, second
 underlined, n/a footnotes), one block per task (Table 1) or per sub-table (Table 2); the CSV
 holds the whole numeric table.
+
+:func:`make_curves` draws the training loss of every stage the methods use
+(``models/diffcode_<stage>/log.csv``) into ``figures/diffcode_curves.{png,pdf}``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import pandas as pd
 
 from ...errors import LdpmInputError
 from ...io import write_text_atomic
+from ...report.figures import save_figure
 from ...report.paper import citation, load_paper_values, paper_table
+from ...report.plots import training_curves
 from ...report.tables import display_table
-from .config import METHOD_NAMES, TABLE2_VARIANTS
+from .config import METHOD_NAMES, TABLE2_VARIANTS, method_stages
 from .degradations import task_title
 from .evaluate import METRICS
 
@@ -207,3 +212,17 @@ def check_methods(methods: Sequence[str]) -> None:
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
         raise LdpmInputError(f"diffcode methods {unknown}", "unknown", f"use {sorted(METHOD_NAMES)}")
+
+
+def curve_stages(methods: Sequence[str]) -> list[str]:
+    """The training folders (``diffcode_<stage>``) of every stage ``methods`` use, sorted as the
+    workflow lists them (:func:`ldpm.studies.diffcode.config.all_stages`)."""
+    return [f"diffcode_{s}" for s in sorted({s for m in methods for s in method_stages(m)})]
+
+
+def make_curves(results: str | Path, methods: Sequence[str]) -> tuple[Path, pd.DataFrame]:
+    """``figures/diffcode_curves.{png,pdf}``: each stage's training loss, and the mean loss over
+    its first and last 10% of steps (:func:`ldpm.report.plots.training_curves`)."""
+    results = Path(results)
+    fig, losses = training_curves(results, curve_stages(methods))
+    return save_figure(fig, results / "figures" / "diffcode_curves.png"), losses

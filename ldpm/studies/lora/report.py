@@ -10,6 +10,9 @@ fewer-step rows. Every number is read from files this run wrote:
   training stage(s) (``controlnet`` for LDPM; its parameter count from the saved weights);
 * sampling seconds per slice: ``sampling_seconds`` / ``n_slices`` of the timing files that
   ``ldpm reconstruct`` writes beside ``recon/<method>/shard*.h5`` (network loading excluded).
+
+Beside the table, :func:`make_lora_curves` draws the training loss of each row's own stage(s)
+(``models/<stage>/log.csv``) into ``figures/lora_curves.{png,pdf}``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import pandas as pd
 from ...errors import LdpmInputError
 from ...methods import timing_path
 from ...methods.graph import step_variant
+from ...report.figures import save_figure
 from ...report.paper import citation
+from ...report.plots import training_curves
 from ...report.tables import load_summary, write_table
 from .graph import LORA_EPS_STAGES, LORA_JOINT_STAGES, LORA_METHODS, own_stages
 
@@ -187,3 +192,17 @@ def make_lora_table(results: str | Path, methods: Sequence[str], n_steps: int,
                        "LoRA adaptation of LDPM's denoiser (after " + citation("supir_lora")
                        + "): quality, parameters and time",
                        LORA_COLUMNS, note=note)
+
+
+def curve_stages(methods: Sequence[str]) -> list[str]:
+    """The rows' own training stages (:func:`own_stages`), each once, in row order."""
+    return list(dict.fromkeys(s for m in methods for s in own_stages(m)))
+
+
+def make_lora_curves(results: str | Path, methods: Sequence[str]) -> tuple[Path, pd.DataFrame]:
+    """``figures/lora_curves.{png,pdf}``: the training loss of each row's own stage(s), and the
+    mean loss over each stage's first and last 10% of steps
+    (:func:`ldpm.report.plots.training_curves`)."""
+    results = Path(results)
+    fig, losses = training_curves(results, curve_stages(methods))
+    return save_figure(fig, results / "figures" / "lora_curves.png"), losses
