@@ -82,6 +82,16 @@ weights = [float(w) for w in str(mix_weights).split(",") if w]'''),
     (None, '''# every number read from results/metrics, results/models/<stage>/meta.json and results/recon attrs
 lora_table = make_lora_table(Path(results_dir), method_list, int(n_steps), weights)
 display(Markdown(lora_table[1].read_text()))'''),
+    (None, '''# Training loss of each row's own stage(s) (results/models/<stage>/log.csv): raw (faint)
+# and moving average (bold); the table gives the mean loss over the first and last 10% of steps
+from IPython.display import Image
+
+from ldpm.report.plots import loss_markdown
+from ldpm.studies.lora.report import make_lora_curves
+
+curves, losses = make_lora_curves(Path(results_dir), method_list)
+display(Image(filename=str(curves)))
+display(Markdown(loss_markdown(losses)))'''),
 ]
 
 # DiffCode: its Table 1 and Table 2 from results/diffcode/metrics
@@ -110,6 +120,16 @@ display(Markdown(table1[1].read_text()))'''),
     (None, '''# DiffCode Table 2: (a) component analysis, (b) codebook and TARS top-k
 table2 = report.make_table2(Path(results_dir), paper_values)
 display(Markdown(table2[1].read_text()))'''),
+    (None, '''# Training loss of every stage the methods use (results/models/diffcode_<stage>/log.csv):
+# raw (faint) and moving average (bold); the table gives the mean loss over the first and last
+# 10% of steps
+from IPython.display import Image
+
+from ldpm.report.plots import loss_markdown
+
+curves, losses = report.make_curves(Path(results_dir), method_list)
+display(Image(filename=str(curves)))
+display(Markdown(loss_markdown(losses)))'''),
 ]
 
 
