@@ -1,7 +1,8 @@
 # DiffCode (ldpm.studies.diffcode): all-in-one restoration as its own method family.
 #   train (one rule, stage wildcard: bank[_single] -> retrieval[_direct|_single] -> restore*,
 #   and the all-in-one unet/swinir) -> evaluate (one job per method: per-task PSNR/SSIM/RMSE)
-#   -> report (papermill: DiffCode Tables 1 and 2). Nothing here when diffcode.enabled is false.
+#   -> report (papermill: DiffCode Tables 1 and 2, the stages' training curves). Nothing here
+#   when diffcode.enabled is false.
 from ldpm.studies.diffcode import config as dcc
 
 DIFFCODE = config["diffcode"]
@@ -14,6 +15,7 @@ PAPER_VALUES_DIFFCODE = REPO / "config" / "paper_values_diffcode.yaml"
 DIFFCODE_OUTPUTS = [
     *expand("results/tables/{table}.{ext}", table=DC_TABLES, ext=["csv", "md", "tex"]),
     "results/notebooks/diffcode.ipynb",
+    *expand("results/figures/diffcode_curves.{ext}", ext=["png", "pdf"]),
 ] if DIFFCODE_ON else []
 # a stage's training folder
 DC_MODEL = "results/models/diffcode_{}"
@@ -74,14 +76,19 @@ if DIFFCODE_ON:
             " --output {output.summary:q} --per-volume {output.per_volume:q} > {log:q} 2>&1"
 
     rule diffcode_report:
-        """DiffCode Tables 1 and 2 (paper values beside ours) via papermill."""
+        """DiffCode Tables 1 and 2 (paper values beside ours) and every stage's training curve,
+        via papermill."""
         input:
             metrics=expand("results/diffcode/metrics/{method}.json", method=DC_METHODS),
+            # each stage's log.csv (the training curves) is written with its final/ folder
+            models=[f"{DC_MODEL.format(s)}/final" for s in DC_STAGES],
             paper=PAPER_VALUES_DIFFCODE,
             notebook=NOTEBOOKS / "diffcode.ipynb",
         output:
             tables=[*(reported(f"results/tables/{t}.csv", f"table_{t}", "DiffCode") for t in DC_TABLES),
                     *expand("results/tables/{table}.{ext}", table=DC_TABLES, ext=["md", "tex"])],
+            figures=[reported("results/figures/diffcode_curves.png", "diffcode_curves", "DiffCode"),
+                     "results/figures/diffcode_curves.pdf"],
             notebook=reported("results/notebooks/diffcode.ipynb", "notebook", "DiffCode"),
         params:
             methods=",".join(DC_METHODS),

@@ -8,19 +8,22 @@ from ldpm.studies.lora.graph import own_stages, study_methods as lora_rows
 LORA_ENABLED = bool(config.get("lora", {}).get("enabled"))
 LORA_METHODS = lora_rows(config)
 LORA_OUTPUTS = (
-    [*expand("results/tables/lora.{ext}", ext=["csv", "md", "tex"]), "results/notebooks/lora.ipynb"]
+    [*expand("results/tables/lora.{ext}", ext=["csv", "md", "tex"]), "results/notebooks/lora.ipynb",
+     *expand("results/figures/lora_curves.{ext}", ext=["png", "pdf"])]
     if LORA_ENABLED
     else []
 )
 
-# training folders whose meta.json the table reads: each row's own stage(s)
+# training folders whose meta.json the table reads and whose log.csv (written with final/) the
+# training-curves figure reads: each row's own stage(s)
 LORA_TABLE_MODELS = sorted({f"results/models/{s}/final" for m in LORA_METHODS for s in own_stages(m)})
 
 
 if LORA_ENABLED:
 
     rule lora_table:
-        """LDPM (frozen) vs LoRA (two ranks, two group adapters alone and combined) vs fewer steps."""
+        """LDPM (frozen) vs LoRA (two ranks, two group adapters alone and combined) vs fewer steps,
+        and the training curves of the rows' own stages."""
         input:
             summaries=expand("results/metrics/{method}/summary.json", method=LORA_METHODS),
             per_volume=expand("results/metrics/{method}/per_volume.csv", method=LORA_METHODS),
@@ -30,6 +33,8 @@ if LORA_ENABLED:
         output:
             tables=[reported("results/tables/lora.csv", "table_lora", "LoRA"),
                     *expand("results/tables/lora.{ext}", ext=["md", "tex"])],
+            figures=[reported("results/figures/lora_curves.png", "lora_curves", "LoRA"),
+                     "results/figures/lora_curves.pdf"],
             notebook=reported("results/notebooks/lora.ipynb", "notebook", "LoRA"),
         params:
             methods=",".join(LORA_METHODS),
