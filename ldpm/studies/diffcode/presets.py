@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from ...baselines import swinmr, unet
 from ...config import deep_merge
 
-#: tiny sizes for the default run (DiffCode's branch trains in about 5 minutes on 2 cores)
+#: tiny sizes for the default run
 DEFAULT: dict[str, dict[str, Any]] = {
     "model": {
         "naf_blocks": [1, 1, 1],
@@ -44,7 +44,8 @@ DEFAULT: dict[str, dict[str, Any]] = {
     "unet": copy.deepcopy(dict(unet.BASELINE.default["model"])),
     "swinir": copy.deepcopy(dict(swinmr.BASELINE.default["model"])),
     "train": {"patch": 48, "batch_size": 4, "lr": 2.0e-3, "lr_min": 1.0e-6, "ckpt_every": 100},
-    "steps": {"bank": 200, "retrieval": 150, "restore": 300, "unet": 400, "swinir": 150},
+    # stage III at 600 steps: chosen on val (docs/tuning.md: 300 / 450 / 600 steps)
+    "steps": {"bank": 200, "retrieval": 150, "restore": 600, "unet": 400, "swinir": 150},
 }
 
 #: the paper's sizes: NAF [2,2,4,4] x [64,128,256,256], 8192 x 256 codebooks, RQ depth 8, T = 8
