@@ -76,8 +76,7 @@ if DIFFCODE_ON:
             " --output {output.summary:q} --per-volume {output.per_volume:q} > {log:q} 2>&1"
 
     rule diffcode_report:
-        """DiffCode Tables 1 and 2 (paper values beside ours) and every stage's training curve,
-        via papermill."""
+        """DiffCode Tables 1 and 2 (paper values beside ours) and each stage's training curve."""
         input:
             metrics=expand("results/diffcode/metrics/{method}.json", method=DC_METHODS),
             # each stage's log.csv (the training curves) is written with its final/ folder

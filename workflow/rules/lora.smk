@@ -22,8 +22,7 @@ LORA_TABLE_MODELS = sorted({f"results/models/{s}/final" for m in LORA_METHODS fo
 if LORA_ENABLED:
 
     rule lora_table:
-        """LDPM (frozen) vs LoRA (two ranks, two group adapters alone and combined) vs fewer steps,
-        and the training curves of the rows' own stages."""
+        """LDPM (frozen) vs LoRA adapters vs fewer steps, and the rows' own stages' training curves."""
         input:
             summaries=expand("results/metrics/{method}/summary.json", method=LORA_METHODS),
             per_volume=expand("results/metrics/{method}/per_volume.csv", method=LORA_METHODS),
