@@ -60,7 +60,7 @@ BASELINE = Baseline(
     default={"model": {"embed_dim": 16, "depths": [2], "num_heads": [2], "window_size": 8,
                        "mlp_ratio": 2.0},
              "loss": dict(LOSS), "optimizer": "adam", "lr": 2e-3, "batch_size": 4, "crop": 64,
-             "n_steps": 200},
+             "n_steps": 800},  # steps chosen on val (docs/tuning.md)
     paper={"model": {"embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6, "window_size": 8,
                      "mlp_ratio": 2.0},
            "loss": dict(LOSS), "optimizer": "adam", "lr": 2e-4, "batch_size": 8, "crop": None,
