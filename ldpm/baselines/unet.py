@@ -24,10 +24,9 @@ BASELINE = Baseline(
     name="unet", title="U-Net", build=build, forward=forward,
     loss=pixel_loss_of(forward), image_domain=True,
     schema={"loss": PIXEL_LOSS_SCHEMA},
-    # whole images: the instance normalisation needs them
+    # whole images: the instance normalisation needs them; steps chosen on val (docs/tuning.md)
     default={"model": {"chans": 8, "num_pool_layers": 3, "drop_prob": 0.0}, "loss": "l1",
-             "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 2, "crop": None,
-             "n_steps": 1200},  # steps chosen on val (docs/tuning.md)
+             "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 2, "crop": None, "n_steps": 1200},
     paper={"model": {"chans": 32, "num_pool_layers": 4, "drop_prob": 0.0}, "loss": "l1",
            "optimizer": "rmsprop", "lr": 1e-3, **FASTMRI_SCHEDULE},
 )

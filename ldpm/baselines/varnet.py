@@ -25,10 +25,9 @@ BASELINE = Baseline(
     name="varnet", title="E2E-VarNet", build=build, forward=forward,
     loss=pixel_loss_of(forward),
     schema={"loss": PIXEL_LOSS_SCHEMA},
-    # whole images: its k-space needs them
+    # whole images: its k-space needs them; steps chosen on val (docs/tuning.md)
     default={"model": {"num_cascades": 3, "chans": 6, "pools": 2}, "loss": "l1",
-             "optimizer": "adam", "lr": 2e-3, "batch_size": 2, "crop": None,
-             "n_steps": 600},  # steps chosen on val (docs/tuning.md)
+             "optimizer": "adam", "lr": 2e-3, "batch_size": 2, "crop": None, "n_steps": 600},
     paper={"model": {"num_cascades": 12, "chans": 18, "pools": 4}, "loss": "ssim",
            "optimizer": "adam", "lr": 3e-4, **FASTMRI_SCHEDULE},
 )
