@@ -65,11 +65,12 @@ PAPER_CONFIGS: dict[str, dict[str, Any]] = {
 
 def baseline_config(name: str, overrides: Mapping[str, Any] | None = None,
                     preset: str = "default") -> dict[str, Any]:
-    """A deep copy of a preset's config of ``name`` with ``overrides`` (shallow per key)."""
+    """A preset's config of ``name`` with ``overrides`` merged in (:func:`ldpm.config.deep_merge`)."""
+    from ..config import deep_merge
+
     baseline(name)
-    out = copy.deepcopy({"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][name])
-    out.update(copy.deepcopy(dict(overrides or {})))
-    return out
+    return deep_merge({"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS}[preset][name],
+                      overrides or {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def train_baseline(name: str, images: torch.Tensor | SliceStream, cfg: Mapping[s
     of them); resumable from ``ckpt_dir/last.pt``; writes ``ckpt_dir/final`` and returns the
     (EMA) model in eval mode.
 
-    ``cfg``: overrides of :data:`DEFAULT_CONFIGS` ``[name]`` (shallow per key).
+    ``cfg``: overrides of :data:`DEFAULT_CONFIGS` ``[name]`` (merged key by key).
     """
     cfg = baseline_config(name, cfg)
     rt = runtime or Runtime()

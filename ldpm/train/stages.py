@@ -77,13 +77,13 @@ def stage_config(stage: str, overrides: Mapping[str, Any] | None, preset: str,
         from .presets import DEFAULT_CONFIG, PAPER_CONFIG
 
         base = {"default": DEFAULT_CONFIG, "paper": PAPER_CONFIG}[preset][stage]
-    from ..config import training_masks, validate_stage_overrides
+    from ..config import deep_merge, training_masks, validate_stage_overrides
 
     # a run key at its RUN_KEYS value is dropped: the stage config, its checkpoint and its
     # meta.json are then those of a run without it
     overrides = {k: v for k, v in validate_stage_overrides(stage, overrides or {}).items()
                  if not (k in RUN_KEYS and v == RUN_KEYS[k])}
-    return {**base, **overrides,
+    return {**deep_merge(base, overrides),
             "masks": training_masks({"masks": masks} if masks is not None else None)}
 
 
