@@ -28,14 +28,12 @@ def forward(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], options: Ma
     from ..models.score import sde_from_config
     from ..sampling.score_pc import score_pc_sample
 
-    samp = {**(cfg.get("sampler") or {}),
-            **{k: options[k] for k in SAMPLER_OPTIONS if k in options}}
+    samp = {**cfg["sampler"], **{k: options[k] for k in SAMPLER_OPTIONS if k in options}}
     gens = [torch.Generator().manual_seed(s) for s in batch["seeds"]]
     return score_pc_sample(model, batch["k_u"], batch["mask"],
-                           sde_from_config(cfg, int(samp.get("n_steps", 2000))),
-                           float(samp.get("snr", 0.16)), int(samp.get("n_corrector", 1)),
-                           float(samp.get("eps", 1e-5)), gens,
-                           str(samp.get("predictor", "reverse_diffusion"))).abs()[:, None]
+                           sde_from_config(cfg, int(samp["n_steps"])), float(samp["snr"]),
+                           int(samp["n_corrector"]), float(samp["eps"]), gens,
+                           str(samp["predictor"])).abs()[:, None]
 
 
 def loss(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], generator=None, criterion=None):
@@ -43,7 +41,7 @@ def loss(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], generator=None
     from ..models.score import sde_from_config
 
     value = dsm_loss(model, batch["target"], sde_from_config(cfg), generator,
-                     float((cfg.get("sampler") or {}).get("eps", 1e-5)))
+                     float(cfg["sampler"]["eps"]))
     return value, {"loss": value.item()}
 
 
