@@ -3,7 +3,7 @@
 # (LORA_METHODS, among common.smk's STUDY_METHODS) through `reconstruct` and `evaluate`; this
 # file only adds the table, rendered by papermill.
 
-from ldpm.studies.lora.graph import own_stages, study_methods as lora_rows
+from ldpm.studies.lora.graph import mix_weights, own_stages, study_methods as lora_rows
 
 LORA_ENABLED = bool(config.get("lora", {}).get("enabled"))
 LORA_METHODS = lora_rows(config)
@@ -37,8 +37,8 @@ if LORA_ENABLED:
             notebook=reported("results/notebooks/lora.ipynb", "notebook", "LoRA"),
         params:
             methods=",".join(LORA_METHODS),
-            n_steps=config["inference"].get("ldpm", {}).get("n_steps", 25),
-            weights=",".join(str(w) for w in config["inference"].get("lora", {}).get("mix_weights", [0.5, 0.5])),
+            n_steps=config["inference"]["ldpm"]["n_steps"],
+            weights=",".join(str(w) for w in mix_weights(config["inference"])),
         log:
             "results/logs/lora_table.log",
         conda:

@@ -51,13 +51,16 @@ def method_stages(method: str, with_sd: bool) -> list[str]:
     return list(dict.fromkeys(["sketcher", "vae", *prior_stages(with_sd), control, *adapters]))
 
 
+def mix_weights(inference: Mapping) -> list[float]:
+    """The weights of two combined adapters: ``inference.lora.mix_weights`` (default 1, 1)."""
+    return [float(w) for w in (inference.get("lora") or {}).get("mix_weights", [1.0, 1.0])]
+
+
 def method_options(method: str, inference: Mapping) -> dict:
     """LDPM's sampler options (``inference.ldpm``) and the weights of the method's adapters
-    (``inference.lora.mix_weights`` for two, else 1)."""
+    (:func:`mix_weights` for two, else 1)."""
     opts = dict(inference.get("ldpm") or {})
-    adapters = LORA_METHODS[method][1]
-    weights = (inference.get("lora") or {}).get("mix_weights", [1.0] * len(adapters))
-    opts["adapter_weights"] = [float(w) for w in weights] if len(adapters) > 1 else [1.0]
+    opts["adapter_weights"] = mix_weights(inference) if len(LORA_METHODS[method][1]) > 1 else [1.0]
     return opts
 
 
