@@ -54,9 +54,10 @@ use rule train as train_baseline with:
     priority: 20
 
 
-# The control branch is the chain's last stage: the default run's other jobs are done or wait
-# for it, so it takes two threads (clusters: set-threads in the profile).
+# The control branch, the chain's last stage, in a rule of its own for its cluster resources
+# (profiles/slurm). One thread, as every job of the local run: a two-thread job waits for two
+# free cores, which the studies' one-thread jobs seldom leave.
 use rule train as train_controlnet with:
     wildcard_constraints:
         stage="controlnet",
-    threads: 2
+    threads: 1
