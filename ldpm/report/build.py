@@ -26,8 +26,7 @@ import yaml
 
 from ..errors import LdpmInputError
 from ..io import write_text_atomic
-from .figures import (pick_examples, plot_examples, plot_training_curves, plot_vae_comparison,
-                      read_keys)
+from .figures import pick_examples, plot_examples, plot_vae_comparison, read_keys, save_figure
 from .paper import paper_note, paper_table
 from ..methods.graph import table1_methods
 from .tables import (NO_OOD, OOD_SUBSET, TABLE1_METRICS, TABLE2_METRICS, TABLE3_METRICS, TABLE3_SUBSETS,
@@ -159,15 +158,12 @@ def make_fig3(results: str | Path, n_examples: int = 2) -> tuple[Path, list[Path
 
 
 def make_training_curves(results: str | Path, stages: Sequence[str]) -> Path:
-    """``figures/training_curves.{png,pdf}``: each stage's ``results/models/<stage>/log.csv``."""
-    results = Path(results)
-    logs = {}
-    for stage in stages:
-        path = results / "models" / stage / "log.csv"
-        if not path.is_file():
-            raise LdpmInputError(path, "no training log for this stage", f"run the {stage} training stage")
-        logs[stage] = pd.read_csv(path)
-    return plot_training_curves(logs, results / "figures" / "training_curves.png")
+    """``figures/training_curves.{png,pdf}``: :func:`ldpm.report.plots.training_curves` of each
+    stage's ``results/models/<stage>/log.csv``."""
+    from .plots import training_curves
+
+    fig, _ = training_curves(results, stages)
+    return save_figure(fig, Path(results) / "figures" / "training_curves.png")
 
 
 def make_plots(results: str | Path, methods: Sequence[str], stages: Sequence[str],

@@ -133,31 +133,3 @@ def plot_vae_comparison(gt: Mapping[tuple[str, int], np.ndarray],
     return save_figure(fig, out_png)
 
 
-def plot_training_curves(logs: Mapping[str, Any], out_png: Path, window: int = 25) -> Path:
-    """One panel per training stage: its logged loss (and, for the VAE stages, the L1 error, so
-    a reader sees that the GAN phase does not raise it) against the step, as a running mean
-    over ``window`` steps over the raw values."""
-    n = max(1, len(logs))
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    for ax, (stage, df) in zip(axes.ravel(), logs.items()):
-        for col in ("loss", "l1"):
-            if col not in df or (col == "l1" and "rec" not in df):
-                continue
-            y = df[col].astype(float)
-            ax.plot(df["step"], y, lw=0.5, alpha=0.3)
-            ax.plot(df["step"], y.rolling(window, min_periods=1).mean(), lw=1.2,
-                    label="L1 (per element)" if col == "l1" else "loss")
-        if "gan_weight" in df and (df["gan_weight"].astype(float) > 0).any():
-            ax.axvline(float(df.loc[df["gan_weight"].astype(float) > 0, "step"].iloc[0]), ls="--",
-                       color="grey", lw=0.8, label="GAN on")
-        ax.set_yscale("log")
-        ax.set_title(stage, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save_figure(fig, out_png)

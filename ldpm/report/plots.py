@@ -196,8 +196,9 @@ MIN_CURVE_WINDOW = 5
 
 
 def read_training_log(results: str | Path, stage: str) -> tuple[pd.DataFrame | None, str | None]:
-    """``models/<stage>/log.csv`` as ``step`` and ``loss`` sorted by step (finite losses; the
-    last row of a repeated step), or ``(None, reason)`` when there is nothing to plot."""
+    """``models/<stage>/log.csv`` as ``step`` and ``loss`` (and a VAE stage's ``l1`` and
+    ``gan_weight``) sorted by step (finite losses; the last row of a repeated step), or
+    ``(None, reason)`` when there is nothing to plot."""
     path = Path(results) / "models" / stage / "log.csv"
     if not path.is_file():
         why = ("final/ is there: its log was not copied or pulled with it"
@@ -209,8 +210,9 @@ def read_training_log(results: str | Path, stage: str) -> tuple[pd.DataFrame | N
         return None, f"models/{stage}/log.csv unreadable: {type(err).__name__}"
     if not {"step", "loss"} <= set(df.columns):
         return None, f"models/{stage}/log.csv has no step and loss columns"
-    df = pd.DataFrame({"step": pd.to_numeric(df["step"], errors="coerce"),
-                       "loss": pd.to_numeric(df["loss"], errors="coerce")})
+    # the VAE stages' L1 error (beside a "rec" column) and GAN weight are drawn with the loss
+    extra = [c for c in ("l1", "gan_weight") if c in df.columns and "rec" in df.columns]
+    df = pd.DataFrame({c: pd.to_numeric(df[c], errors="coerce") for c in ("step", "loss", *extra)})
     df = df[df["step"].notna() & df["loss"].map(math.isfinite)]
     df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
     if df.empty:
@@ -278,6 +280,16 @@ def training_curves(results: str | Path, stages: Sequence[str]) -> tuple[plt.Fig
             ax.plot(df["step"], df["loss"], lw=0.6, alpha=0.3, color="C0", label="loss")
             ax.plot(df["step"], smooth, lw=1.6, color="C0",
                     label=f"moving average ({window} steps)")
+            if "l1" in df:  # a VAE stage: its L1 error (right axis), which a GAN must not raise
+                right = ax.twinx()
+                right.plot(df["step"], df["l1"].rolling(window, center=True, min_periods=1).mean(),
+                           lw=1.2, color="C1")
+                right.set_ylabel("L1 per element (moving average)", fontsize=7, color="C1")
+                right.tick_params(labelsize=7, colors="C1")
+                right.grid(False)
+            if "gan_weight" in df and (df["gan_weight"] > 0).any():
+                ax.axvline(float(df.loc[df["gan_weight"] > 0, "step"].iloc[0]), ls="--",
+                           color="grey", lw=0.8, label="GAN on")
             low, high = float(df["loss"].min()), float(df["loss"].max())
             if low > 0 and high > 10 * low:
                 ax.set_yscale("log")
