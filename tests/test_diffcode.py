@@ -477,7 +477,7 @@ def validate_config_of(override: dict) -> dict:
 # ------------------------------------------------------------------------------ stage graph
 
 def test_stage_graph_shares_the_bank_and_retrieval(config):
-    dc = config["diffcode"]
+    dc = {**config["diffcode"], "variants": ["v1", "v2", "v3", "single", "top2", "top3"]}
     assert dcc.methods(dc) == ["lq", "diffcode", "diffcode_oracle", "v1", "v2", "v3", "single", "top2",
                                "top3", "unet", "swinir"]
     assert dcc.method_stages("diffcode") == ["bank", "retrieval", "restore"]

@@ -384,7 +384,7 @@ def test_the_train_rule_passes_each_stage_its_merged_overrides(tmp_path):
         [SNAKEMAKE, "-n", "-p", "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory",
          str(tmp_path / "w"), "--config",
          "train={loader: stream, grad_accum: 2, stages: {unet: {loader: memory}}}",
-         "lora={enabled: true}", "--", *[f"results/models/{s}/final" for s in
+         "lora={enabled: true, methods: [ldpm_lora_mix]}", "--", *[f"results/models/{s}/final" for s in
                                           ("sketcher", "vae_natural", "unet", "lora_t1")]],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
