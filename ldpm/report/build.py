@@ -26,7 +26,7 @@ import yaml
 
 from ..errors import LdpmInputError
 from ..io import write_text_atomic
-from .figures import pick_examples, plot_examples, plot_vae_comparison, read_keys, save_figure
+from .figures import pick_examples, plot_examples, plot_vae_comparison, read_keys
 from .paper import paper_note, paper_table
 from ..methods.graph import table1_methods
 from .tables import (NO_OOD, OOD_SUBSET, TABLE1_METRICS, TABLE2_METRICS, TABLE3_METRICS, TABLE3_SUBSETS,
@@ -160,10 +160,9 @@ def make_fig3(results: str | Path, n_examples: int = 2) -> tuple[Path, list[Path
 def make_training_curves(results: str | Path, stages: Sequence[str]) -> Path:
     """``figures/training_curves.{png,pdf}``: :func:`ldpm.report.plots.training_curves` of each
     stage's ``results/models/<stage>/log.csv``."""
-    from .plots import training_curves
+    from .plots import write_training_curves
 
-    fig, _ = training_curves(results, stages)
-    return save_figure(fig, Path(results) / "figures" / "training_curves.png")
+    return write_training_curves(results, stages, "training_curves")[0]
 
 
 def make_plots(results: str | Path, methods: Sequence[str], stages: Sequence[str],

@@ -299,3 +299,11 @@ def training_curves(results: str | Path, stages: Sequence[str]) -> tuple[plt.Fig
             ax.legend(fontsize=6)
         fig.tight_layout()
     return fig, loss_summary(logs)
+
+
+def write_training_curves(results: str | Path, stages: Sequence[str],
+                          name: str) -> tuple[Path, pd.DataFrame]:
+    """``results/figures/<name>.{png,pdf}``: :func:`training_curves` of ``stages``, and its
+    :func:`loss_summary`."""
+    fig, losses = training_curves(results, stages)
+    return save_figure(fig, Path(results) / "figures" / f"{name}.png"), losses

@@ -15,7 +15,7 @@ top-2 and top-3; the single codebook has its own stages I and II), and the basel
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ...errors import LdpmInputError
 from .data import task_availability
@@ -127,8 +127,13 @@ def method_stages(method: str) -> list[str]:
     return [*stage_dependencies(stage), stage]
 
 
+def stages_of(method_names: Sequence[str]) -> list[str]:
+    """Every stage the methods ``method_names`` use, sorted."""
+    return sorted({s for m in method_names for s in method_stages(m)})
+
+
 def all_stages(dc: Mapping) -> list[str]:
-    return sorted({s for m in methods(dc) for s in method_stages(m)})
+    return stages_of(methods(dc))
 
 
 def available_tasks(dc: Mapping) -> list[str]:

@@ -23,11 +23,10 @@ import pandas as pd
 
 from ...errors import LdpmInputError
 from ...io import write_text_atomic
-from ...report.figures import save_figure
 from ...report.paper import citation, load_paper_values, paper_table
-from ...report.plots import training_curves
+from ...report.plots import write_training_curves
 from ...report.tables import display_table
-from .config import METHOD_NAMES, TABLE2_VARIANTS, method_stages
+from .config import METHOD_NAMES, TABLE2_VARIANTS, stages_of
 from .degradations import task_title
 from .evaluate import METRICS
 
@@ -216,13 +215,11 @@ def check_methods(methods: Sequence[str]) -> None:
 
 def curve_stages(methods: Sequence[str]) -> list[str]:
     """The training folders (``diffcode_<stage>``) of every stage ``methods`` use, sorted as the
-    workflow lists them (:func:`ldpm.studies.diffcode.config.all_stages`)."""
-    return [f"diffcode_{s}" for s in sorted({s for m in methods for s in method_stages(m)})]
+    workflow lists them (:func:`ldpm.studies.diffcode.config.stages_of`)."""
+    return [f"diffcode_{s}" for s in stages_of(methods)]
 
 
 def make_curves(results: str | Path, methods: Sequence[str]) -> tuple[Path, pd.DataFrame]:
     """``figures/diffcode_curves.{png,pdf}``: each stage's training loss, and the mean loss over
     its first and last 10% of steps (:func:`ldpm.report.plots.training_curves`)."""
-    results = Path(results)
-    fig, losses = training_curves(results, curve_stages(methods))
-    return save_figure(fig, results / "figures" / "diffcode_curves.png"), losses
+    return write_training_curves(results, curve_stages(methods), "diffcode_curves")

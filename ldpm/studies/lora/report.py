@@ -27,9 +27,8 @@ import pandas as pd
 from ...errors import LdpmInputError
 from ...methods import timing_path
 from ...methods.graph import step_variant
-from ...report.figures import save_figure
 from ...report.paper import citation
-from ...report.plots import training_curves
+from ...report.plots import write_training_curves
 from ...report.tables import load_summary, write_table
 from .graph import LORA_EPS_STAGES, LORA_JOINT_STAGES, LORA_METHODS, own_stages
 
@@ -203,6 +202,4 @@ def make_lora_curves(results: str | Path, methods: Sequence[str]) -> tuple[Path,
     """``figures/lora_curves.{png,pdf}``: the training loss of each row's own stage(s), and the
     mean loss over each stage's first and last 10% of steps
     (:func:`ldpm.report.plots.training_curves`)."""
-    results = Path(results)
-    fig, losses = training_curves(results, curve_stages(methods))
-    return save_figure(fig, results / "figures" / "lora_curves.png"), losses
+    return write_training_curves(results, curve_stages(methods), "lora_curves")
