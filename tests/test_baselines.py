@@ -10,7 +10,7 @@ import torch
 import ldpm.methods.baselines  # noqa: F401  (registers the baselines)
 import ldpm.sampling.score_pc as score_pc
 from ldpm.errors import LdpmInputError
-from ldpm.methods import METHODS, measure, reconstruct_shard, seeds_for
+from ldpm.methods import METHODS, as_magnitude, measure, reconstruct_shard, seeds_for
 from ldpm.models.score import ScoreNet, VESDE
 from ldpm.losses import SwinMRLoss
 from ldpm.models.swinmr import SwinMR
@@ -232,12 +232,27 @@ def test_registry_reconstructs_a_shard(tmp_path):
         with h5py.File(out, "r") as f:
             recon = f["recon"][()]
         assert recon.shape == target.shape and recon.dtype == np.float32
-        assert np.isfinite(recon).all()
+        assert np.isfinite(recon).all() and (recon >= 0).all()
         again = METHODS[name](measure(target, mask), mask, {name: ckpt / "final"},
                               {"seed": 1, "slice_seeds": seeds_for([b"v0"] * 3, range(3), 1)})
-        np.testing.assert_array_equal(again, recon)   # deterministic
+        np.testing.assert_array_equal(as_magnitude(again), recon)   # deterministic
     with pytest.raises(LdpmInputError, match="not 'unet'"):
         load_baseline(tmp_path / "varnet", expect="unet")
+
+
+def test_a_written_reconstruction_is_a_magnitude_with_non_finite_values_kept(tmp_path, monkeypatch):
+    """Negative values of a method's output are written as 0; NaN and +-inf stay for the
+    evaluation to refuse."""
+    raw = np.array([[[-0.5, 0.25], [np.nan, -np.inf]], [[np.inf, -1e-8], [0.0, 2.0]]], np.float32)
+    monkeypatch.setitem(METHODS, "signed", lambda k_u, mask, checkpoints, options: raw)
+    shard = tmp_path / "shard0.h5"
+    with h5py.File(shard, "w") as f:
+        f["target"], f["mask"] = np.ones((2, 2, 2), np.float32), np.ones((2, 2), np.float32)
+        f["volume"], f["slice"] = np.array([b"v", b"v"]), np.arange(2)
+    reconstruct_shard("signed", shard, tmp_path / "r.h5")
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        recon = f["recon"][()]
+    np.testing.assert_array_equal(recon, [[[0.0, 0.25], [np.nan, -np.inf]], [[np.inf, 0.0], [0.0, 2.0]]])
 
 
 def test_training_resumes_bit_for_bit(tmp_path):

@@ -7,7 +7,8 @@ study (:class:`.graph.Study`).
 
 Every method sees exactly the same input: the test shard's ground truth is only used to
 simulate the measurement ``k_u = M * F(x)`` with the stored mask; the method then gets
-``(k_u, M)`` and returns magnitude images. Reconstructions are written with the shard's keys.
+``(k_u, M)`` and returns magnitude images. Reconstructions are written with the shard's keys,
+every method's clipped at 0 (:func:`as_magnitude`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def zero_filled_recon(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[st
 def measure(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The simulated measurement of each slice: ``k_u = M * F(x)`` (nPI, single-coil RSS)."""
     return undersample(target.astype(np.complex64), mask[:, None, :]).astype(np.complex64)
+
+
+def as_magnitude(recon: np.ndarray) -> np.ndarray:
+    """A reconstruction as the magnitude image it estimates: values below 0 set to 0 (NaN and
+    inf pass through, for the evaluation to refuse). Image-domain networks (U-Net, SwinMR)
+    output negative values in the background, and how many depends on the training's float
+    rounding; LDPM's sampler and the multicoil RSS are non-negative already."""
+    recon = np.asarray(recon, dtype=np.float32)
+    return np.where(np.isfinite(recon) & (recon < 0), np.float32(0.0), recon)
 
 
 def load_registry() -> dict[str, Method]:
@@ -104,13 +114,14 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
              **timings}, indent=2) + "\n")
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("recon", data=recon.astype(np.float32))
+            f.create_dataset("recon", data=as_magnitude(recon.astype(np.float32)))
             f.create_dataset("volume", data=volume)
             f.create_dataset("slice", data=slices)
             f.attrs["method"] = method
 
 
 __all__ = ["BASELINES", "LDPM_VARIANTS", "METHODS", "MULTICOIL_METHODS", "Method", "Reconstruction",
+           "as_magnitude",
            "SKETCHER_ONLY", "Study", "all_stages", "load_registry", "measure", "method_options",
            "method_stages",
            "reconstruct_shard", "register", "register_study", "seeds_for", "stage_dependencies",
