@@ -173,8 +173,9 @@ def main() -> None:
         sampler(mrcn, enc, dec, c_latent, kb, mb,
                 generator=[torch.Generator().manual_seed(i) for i in range(b)])
 
-    def profile_dss() -> dict[str, tuple[float, int]]:
-        """Seconds and calls of each part of one DSS reconstruction (wall clock, synchronised)."""
+    def profile_dss(b: int = 1) -> dict[str, tuple[float, int]]:
+        """Seconds and calls of each part of one DSS reconstruction of ``b`` slices at once (wall
+        clock, synchronised)."""
         import ldpm.sampling.dual_stage as ds
 
         clock = {"denoiser + control branch": [0.0, 0], "VAE decode (forward)": [0.0, 0],
@@ -210,12 +211,13 @@ def main() -> None:
 
         ds.kspace_guidance = guidance
         try:
+            kb, mb, xb = (t.expand(b, *t.shape[1:]) for t in (k, m, x_u))
             sampler = DualStageSampler(**settings)
             with torch.no_grad():
-                c_latent = enc(sketcher(x_u, k, m))
+                c_latent = enc(sketcher(xb, kb, mb))
             sampler(clocked("denoiser + control branch", mrcn), clocked("VAE encode (eq. 9)", enc),
-                    clocked("VAE decode (forward)", dec), c_latent, k, m,
-                    generator=torch.Generator().manual_seed(0))
+                    clocked("VAE decode (forward)", dec), c_latent, kb, mb,
+                    generator=[torch.Generator().manual_seed(i) for i in range(b)])
         finally:
             ds.kspace_guidance = real_guidance
         return {name: (sec, calls) for name, (sec, calls) in clock.items()}
@@ -265,6 +267,15 @@ def main() -> None:
         print(f"{'one DSS reconstruction':32s} {'s':>10s} {'calls':>6s} {'share':>7s}")
         for name, (sec, calls) in parts.items():
             print(f"{name:32s} {sec:10.3f} {calls:6d} {sec / total:7.1%}")
+        batched = [b for b in a.batch_sizes if b > 1]
+        if batched:  # which part gains from sampling B slices at once
+            per_b = {b: profile_dss(b) for b in batched}
+            print(f"{'s/slice by part':32s} {'B = 1':>8s} " + " ".join(
+                f"{'B = ' + str(b):>8s} {'gain':>5s}" for b in batched))
+            for name, (sec, _) in parts.items():
+                cells = " ".join(f"{per_b[b][name][0] / b:8.3f} {sec * b / per_b[b][name][0]:5.2f}"
+                                 for b in batched)
+                print(f"{name:32s} {sec:8.3f} {cells}")
     print(f"peak memory: {peak_memory_mb(a.device):.0f} MiB ({'GPU' if a.device == 'cuda' else 'RSS'})")
 
 
