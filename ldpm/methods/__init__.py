@@ -114,15 +114,14 @@ def reconstruct_shard(method: str, shard_path: Path, out_path: Path,
              **timings}, indent=2) + "\n")
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("recon", data=as_magnitude(recon.astype(np.float32)))
+            f.create_dataset("recon", data=as_magnitude(recon))
             f.create_dataset("volume", data=volume)
             f.create_dataset("slice", data=slices)
             f.attrs["method"] = method
 
 
 __all__ = ["BASELINES", "LDPM_VARIANTS", "METHODS", "MULTICOIL_METHODS", "Method", "Reconstruction",
-           "as_magnitude",
-           "SKETCHER_ONLY", "Study", "all_stages", "load_registry", "measure", "method_options",
-           "method_stages",
-           "reconstruct_shard", "register", "register_study", "seeds_for", "stage_dependencies",
-           "step_variant", "studies", "study_methods", "timing_path"]
+           "SKETCHER_ONLY", "Study", "all_stages", "as_magnitude", "load_registry", "measure",
+           "method_options", "method_stages", "reconstruct_shard", "register", "register_study",
+           "seeds_for", "stage_dependencies", "step_variant", "studies", "study_methods",
+           "timing_path"]
