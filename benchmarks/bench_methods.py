@@ -165,12 +165,14 @@ def main() -> None:
                 total += per_step * len(kind)
         return total
 
-    def ldpm_batch(b: int) -> None:
+    def ldpm_batch(b: int, eps_fn=mrcn, encode=enc, decode=dec) -> None:
+        """One DSS reconstruction of ``b`` slices at once; the sampler calls ``eps_fn``,
+        ``encode`` and ``decode`` (the condition is encoded by ``enc``)."""
         kb, mb, xb = (t.expand(b, *t.shape[1:]) for t in (k, m, x_u))
         sampler = DualStageSampler(**settings)
         with torch.no_grad():
             c_latent = enc(sketcher(xb, kb, mb))
-        sampler(mrcn, enc, dec, c_latent, kb, mb,
+        sampler(eps_fn, encode, decode, c_latent, kb, mb,
                 generator=[torch.Generator().manual_seed(i) for i in range(b)])
 
     def profile_dss(b: int = 1) -> dict[str, tuple[float, int]]:
@@ -211,13 +213,8 @@ def main() -> None:
 
         ds.kspace_guidance = guidance
         try:
-            kb, mb, xb = (t.expand(b, *t.shape[1:]) for t in (k, m, x_u))
-            sampler = DualStageSampler(**settings)
-            with torch.no_grad():
-                c_latent = enc(sketcher(xb, kb, mb))
-            sampler(clocked("denoiser + control branch", mrcn), clocked("VAE encode (eq. 9)", enc),
-                    clocked("VAE decode (forward)", dec), c_latent, kb, mb,
-                    generator=[torch.Generator().manual_seed(i) for i in range(b)])
+            ldpm_batch(b, clocked("denoiser + control branch", mrcn),
+                       clocked("VAE encode (eq. 9)", enc), clocked("VAE decode (forward)", dec))
         finally:
             ds.kspace_guidance = real_guidance
         return {name: (sec, calls) for name, (sec, calls) in clock.items()}
