@@ -55,11 +55,12 @@ def embedded(a: argparse.Namespace) -> None:
 
 @command
 def embedded_ood(a: argparse.Namespace) -> None:
-    """Write the embedded default's out-of-distribution set (dipy's real scans) as fastMRI files."""
+    """Write the embedded default's out-of-distribution set (dipy's real scans) as fastMRI files
+    (``--val``: OOD-val, the two other scans used only to choose recipes)."""
     from .data.ood import build_ood
 
     paths = build_ood(a.out_dir, a.embedded, crop_size=a.crop_size,
-                      drop_last_slices=a.drop_last_slices, seed=a.seed)
+                      drop_last_slices=a.drop_last_slices, seed=a.seed, val=a.val)
     log.info("wrote %d out-of-distribution volumes to %s", len(paths), a.out_dir)
 
 
@@ -222,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("embedded", help=embedded.__doc__)
     s.add_argument("--subject", type=int, required=True)
     _embedded_args(s)
-    _embedded_args(sub.add_parser("embedded-ood", help=embedded_ood.__doc__))
+    s = sub.add_parser("embedded-ood", help=embedded_ood.__doc__)
+    _embedded_args(s)
+    s.add_argument("--val", action="store_true",
+                   help="write OOD-val (for choosing recipes) instead of Table III's OOD set")
 
     s = sub.add_parser("preprocess", help=preprocess.__doc__)
     s.add_argument("--input", type=Path, required=True)

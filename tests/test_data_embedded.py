@@ -134,3 +134,15 @@ def test_ood_volumes_are_dipys_real_scans_read_like_fastmri(tmp_path):
     assert n_real == {"file_brain_T1COR_dipy": 1, "file_brain_B0EPI_dipy": 10 - DROP}
     # not the embedded template: another contrast, read from the files dipy ships
     assert {read_volume(p, CROP, DROP).meta["contrast"] for p in paths} == {"T1COR", "B0EPI"}
+
+
+def test_ood_val_is_two_other_real_scans_with_their_own_coils(tmp_path):
+    """OOD-val (for choosing recipes) shares no scan or volume name with Table III's OOD set; a
+    3-D volume (no series axis) is read as well as a 4-D series' first volume."""
+    from ldpm.data.ood import VAL_VOLUMES, VOLUMES, build_ood
+
+    paths = build_ood(tmp_path / "val", CFG, CROP, DROP, SEED, val=True)
+    assert [p.stem for p in paths] == list(VAL_VOLUMES) and not set(VAL_VOLUMES) & set(VOLUMES)
+    assert not {f for f, *_ in VAL_VOLUMES.values()} & {f for f, *_ in VOLUMES.values()}
+    n = {p.stem: len(read_volume(p, CROP, DROP).targets) for p in paths}
+    assert n == {"file_brain_ANISO_dipy": 24 - DROP, "file_brain_PIESNO_dipy": 14 - DROP}

@@ -35,6 +35,15 @@ VOLUMES = {
     "file_brain_T1COR_dipy": ("t1_coronal_slice.npy", "T1COR", "dipy_t1"),
     "file_brain_B0EPI_dipy": ("S0_10slices.nii.gz", "B0EPI", "dipy_b0"),
 }
+#: OOD-val: two more real scans in dipy's wheel, used only to choose recipes (docs/tuning.md),
+#: never by training, val, test or Table III: an anisotropic-voxel EPI volume (58 x 58 x 24) and
+#: the first volume of a diffusion-weighted series (96 x 96 x 14)
+VAL_VOLUMES = {
+    "file_brain_ANISO_dipy": ("aniso_vox.nii.gz", "ANISO", "dipy_aniso"),
+    "file_brain_PIESNO_dipy": ("test_piesno.nii.gz", "PIESNO", "dipy_piesno"),
+}
+#: the seed offset of OOD-val's coils, phase and noise (the test OOD set's is 0)
+VAL_SEED_OFFSET = 12345
 
 
 def _dipy_file(name: str) -> Path:
@@ -60,15 +69,17 @@ def _resample(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def ood_slices(volume: str, crop_size: int) -> np.ndarray:
-    """The real slices of ``volume`` [S, crop, crop], >= 0, peak 1."""
-    file, _, _ = VOLUMES[volume]
+    """The real slices of ``volume`` (a key of :data:`VOLUMES` or :data:`VAL_VOLUMES`)
+    [S, crop, crop], >= 0, peak 1."""
+    file, _, _ = {**VOLUMES, **VAL_VOLUMES}[volume]
     path = _dipy_file(file)
     if path.suffix == ".npy":
         stack = np.load(path)[None]  # one [H, W] slice, already head up
     else:
         import nibabel as nib
 
-        vol = np.asarray(nib.load(path).dataobj, dtype=np.float64)[..., 0]  # [X, Y, Z] of [X, Y, Z, 1]
+        vol = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        vol = vol[..., 0] if vol.ndim == 4 else vol  # [X, Y, Z]: the first volume of a series
         stack = np.rot90(np.moveaxis(vol, 2, 0), k=1, axes=(1, 2))  # anterior up, as the training data
     stack = np.stack([_resample(np.asarray(s, dtype=np.float64), crop_size) for s in stack])
     stack = np.clip(stack, 0.0, None)
@@ -76,17 +87,20 @@ def ood_slices(volume: str, crop_size: int) -> np.ndarray:
 
 
 def build_ood(out_dir: str | Path, embedded_cfg: Mapping[str, Any], crop_size: int,
-              drop_last_slices: int, seed: int) -> list[Path]:
-    """Write the OOD volumes as fastMRI multicoil files in ``out_dir``.
+              drop_last_slices: int, seed: int, *, val: bool = False) -> list[Path]:
+    """Write the OOD volumes (``val``: OOD-val's, :data:`VAL_VOLUMES`, with their own coils,
+    phase and noise) as fastMRI multicoil files in ``out_dir``.
 
     A volume with fewer slices than ``drop_last_slices + 1`` (the single T1 slice) repeats its
     last slice for the slices the reader drops, so its real slices are all kept.
     """
+    volumes = VAL_VOLUMES if val else VOLUMES
+    seed = seed + VAL_SEED_OFFSET if val else seed
     n_coils = int(embedded_cfg["n_coils"])
     full = (2 * crop_size, crop_size)
     fov_mm = 220.0
     paths = []
-    for i, (name, (_, acquisition, subject)) in enumerate(VOLUMES.items()):
+    for i, (name, (_, acquisition, subject)) in enumerate(volumes.items()):
         slices = ood_slices(name, crop_size)
         if len(slices) <= drop_last_slices:
             slices = np.concatenate([slices, np.repeat(slices[-1:], drop_last_slices, 0)])
