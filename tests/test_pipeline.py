@@ -88,6 +88,19 @@ def test_whole_dag_on_tiny_config(tmp_path):
         summary = json.loads((res / "metrics" / method / "ood" / "summary.json").read_text())
         assert summary["metrics"]["rfid"] == {"value": None, "reason": "not computed for this set (pixel metrics only)"}
     assert "OOD (brain B0EPI, T1COR)" in (res / "tables" / "table3.md").read_text()
+    # its diagnostics read the written reconstructions: the raw PSNR is Table III's per volume,
+    # and the anatomy and background errors add up to the whole one
+    check = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ood_check.py"), "--run", str(res),
+                            "--out", str(workdir / "ood_check.json")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr[-3000:]
+    diag = json.loads((workdir / "ood_check.json").read_text())
+    assert set(diag) == set(t3.index)
+    for method, d in diag.items():
+        per_volume = pd.read_csv(res / "metrics" / method / "ood" / "per_volume.csv").set_index("volume")
+        for volume, psnr in d["raw"].items():
+            assert psnr == pytest.approx(per_volume.loc[volume, "psnr"], abs=0.02)
+            parts = 10 ** (-d["anatomy"][volume] / 10) + 10 ** (-d["background"][volume] / 10)
+            assert 10 ** (-psnr / 10) == pytest.approx(parts, rel=0.01)
     # tuning reads the val split through the same methods, never the test split
     val = run_snakemake(workdir, "results/val/ldpm/summary.json", "results/val/zero_filled/summary.json")
     assert val.returncode == 0, val.stdout[-3000:] + val.stderr[-3000:]

@@ -365,3 +365,29 @@ def test_augmentation_is_seeded_and_does_what_it_says():
     assert not torch.equal(a, random_batch(x, 6, 16, step_generator(3, 7)))
     assert torch.equal(random_batch(x, 6, 16, step_generator(3, 7), None),
                        random_batch(x, 6, 16, step_generator(3, 7)))
+
+
+def test_resolution_augmentation_removes_fine_detail_only():
+    """``resolution`` resamples each image to a coarser matrix and back: the same image at lower
+    resolution (less energy at high spatial frequencies, the same mean); gamma and zoom default
+    to unchanged; the draws are seeded."""
+    from ldpm.mri import fft2c
+    from ldpm.seeding import step_generator
+    from ldpm.train.loop import augment_images
+
+    x = smooth_slices(disc=True)[:4]
+    low = augment_images(x, {"resolution": [0.5, 0.5]}, step_generator(0, 0))
+    h, w = x.shape[-2:]
+    ref = torch.nn.functional.interpolate(
+        torch.nn.functional.interpolate(x, size=(h // 2, w // 2), mode="bilinear",
+                                        align_corners=False, antialias=True),
+        size=(h, w), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(low, ref)
+    k, k_low = fft2c(x.to(torch.complex64)).abs(), fft2c(low.to(torch.complex64)).abs()
+    outer = torch.ones(h, w, dtype=torch.bool)
+    outer[h // 4:3 * h // 4, w // 4:3 * w // 4] = False
+    assert float((k_low[..., outer] ** 2).sum()) < 0.2 * float((k[..., outer] ** 2).sum())
+    torch.testing.assert_close(low.mean(), x.mean(), rtol=0.02, atol=0)
+    aug = {"resolution": [0.3, 1.0], "p": 0.5}
+    assert torch.equal(augment_images(x, aug, step_generator(1, 2)),
+                       augment_images(x, aug, step_generator(1, 2)))

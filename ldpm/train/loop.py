@@ -57,7 +57,7 @@ StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
 
 def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
                    generator: torch.Generator) -> torch.Tensor:
-    """Seeded contrast and size augmentation of magnitude images ``x`` [B, 1, H, W] (``x``
+    """Seeded contrast, size and resolution augmentation of magnitude images ``x`` [B, 1, H, W] (``x``
     itself when ``augment`` is empty), three uniform draws per image from ``generator``; a
     share ``p`` (default 1) of the images is augmented, the rest kept as they are:
 
@@ -65,24 +65,40 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
       ``[log g0, log g1]`` (darker or brighter mid-tones at the same maximum);
     * ``zoom: [z0, z1]`` (``<= 1``): the image shrunk by ``z`` uniform in ``[z0, z1]``
       (bilinear, antialiased) at the centre of an empty field of view of the same size (less
-      of the field of view covered by anatomy).
+      of the field of view covered by anatomy);
+    * ``resolution: [r0, r1]`` (``<= 1``, optional): the image resampled to ``r`` times its
+      matrix, ``r`` uniform in ``[r0, r1]`` (antialiased), and back (bilinear): a scan acquired
+      at a coarser resolution and interpolated to the grid, with less high-frequency content.
+      A fourth uniform draw per image, made only when ``resolution`` is given.
+
+    ``gamma`` and ``zoom`` default to ``[1, 1]`` (unchanged).
 
     Training images are augmented before they are undersampled, so every stage sees the
     measurement and the aliasing of the augmented image."""
     if not augment:
         return x
-    u = torch.rand(x.shape[0], 3, generator=generator, dtype=torch.float64).tolist()
-    (g0, g1), (z0, z1) = augment["gamma"], augment["zoom"]
+    resolution = augment.get("resolution")
+    u = torch.rand(x.shape[0], 3 + (resolution is not None), generator=generator,
+                   dtype=torch.float64).tolist()
+    (g0, g1), (z0, z1) = augment.get("gamma", (1.0, 1.0)), augment.get("zoom", (1.0, 1.0))
     share = float(augment.get("p", 1.0))
     h, w = x.shape[-2:]
     out = torch.zeros_like(x)
-    for i, (ug, uz, up) in enumerate(u):
+    for i, (ug, uz, up, *ur) in enumerate(u):
         if up >= share:
             out[i] = x[i]
             continue
         gamma = math.exp(math.log(g0) + ug * (math.log(g1) - math.log(g0)))
         m = x[i].amax().clamp_min(torch.finfo(x.dtype).tiny)
         xi = m * (x[i:i + 1].clamp_min(0) / m) ** gamma
+        if resolution is not None:
+            r = resolution[0] + ur[0] * (resolution[1] - resolution[0])
+            rh, rw = max(1, round(h * r)), max(1, round(w * r))
+            if (rh, rw) != (h, w):
+                xi = torch.nn.functional.interpolate(xi, size=(rh, rw), mode="bilinear",
+                                                     align_corners=False, antialias=True)
+                xi = torch.nn.functional.interpolate(xi, size=(h, w), mode="bilinear",
+                                                     align_corners=False)
         z = z0 + uz * (z1 - z0)
         nh, nw = max(1, round(h * z)), max(1, round(w * z))
         if (nh, nw) != (h, w):
