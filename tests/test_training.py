@@ -391,3 +391,22 @@ def test_resolution_augmentation_removes_fine_detail_only():
     aug = {"resolution": [0.3, 1.0], "p": 0.5}
     assert torch.equal(augment_images(x, aug, step_generator(1, 2)),
                        augment_images(x, aug, step_generator(1, 2)))
+
+
+def test_noise_augmentation_gives_a_rician_background():
+    """``noise`` adds complex Gaussian noise of ``n`` times each image's maximum and keeps the
+    magnitude: an empty background gets the Rayleigh mean ``n m sqrt(pi / 2)``; the anatomy keeps
+    its level; the draws are seeded."""
+    from ldpm.seeding import step_generator
+    from ldpm.train.loop import augment_images
+
+    x = smooth_slices(disc=True)[:4]
+    noisy = augment_images(x, {"noise": [0.02, 0.02]}, step_generator(0, 0))
+    m = x.amax(dim=(1, 2, 3))
+    background = x == 0
+    for i in range(len(x)):
+        mean = float(noisy[i][background[i]].mean())
+        assert mean == pytest.approx(0.02 * float(m[i]) * (np.pi / 2) ** 0.5, rel=0.1)
+    inside = x > 0.5 * m.view(-1, 1, 1, 1)
+    assert float((noisy - x)[inside].mean()) == pytest.approx(0.0, abs=0.01 * float(m.max()))
+    assert torch.equal(noisy, augment_images(x, {"noise": [0.02, 0.02]}, step_generator(0, 0)))

@@ -68,18 +68,21 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
       of the field of view covered by anatomy);
     * ``resolution: [r0, r1]`` (``<= 1``, optional): the image resampled to ``r`` times its
       matrix, ``r`` uniform in ``[r0, r1]`` (antialiased), and back (bilinear): a scan acquired
-      at a coarser resolution and interpolated to the grid, with less high-frequency content.
-      A fourth uniform draw per image, made only when ``resolution`` is given.
+      at a coarser resolution and interpolated to the grid, with less high-frequency content;
+    * ``noise: [n0, n1]`` (optional): after the zoom, ``x -> |x + n m (a + i b)|`` over the whole
+      field of view, ``n`` uniform in ``[n0, n1]``, ``a, b`` standard normal per pixel: the
+      Rician background of a magnitude scan with thermal noise of ``n`` times its maximum.
 
-    ``gamma`` and ``zoom`` default to ``[1, 1]`` (unchanged).
+    ``gamma`` and ``zoom`` default to ``[1, 1]`` (unchanged). Each optional key given adds one
+    uniform draw per image (in the order above); the noise fields are drawn after them.
 
     Training images are augmented before they are undersampled, so every stage sees the
     measurement and the aliasing of the augmented image."""
     if not augment:
         return x
-    resolution = augment.get("resolution")
-    u = torch.rand(x.shape[0], 3 + (resolution is not None), generator=generator,
-                   dtype=torch.float64).tolist()
+    resolution, noise = augment.get("resolution"), augment.get("noise")
+    extra = [k for k in ("resolution", "noise") if augment.get(k) is not None]
+    u = torch.rand(x.shape[0], 3 + len(extra), generator=generator, dtype=torch.float64).tolist()
     (g0, g1), (z0, z1) = augment.get("gamma", (1.0, 1.0)), augment.get("zoom", (1.0, 1.0))
     share = float(augment.get("p", 1.0))
     h, w = x.shape[-2:]
@@ -91,8 +94,9 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
         gamma = math.exp(math.log(g0) + ug * (math.log(g1) - math.log(g0)))
         m = x[i].amax().clamp_min(torch.finfo(x.dtype).tiny)
         xi = m * (x[i:i + 1].clamp_min(0) / m) ** gamma
+        draw = dict(zip(extra, ur))
         if resolution is not None:
-            r = resolution[0] + ur[0] * (resolution[1] - resolution[0])
+            r = resolution[0] + draw["resolution"] * (resolution[1] - resolution[0])
             rh, rw = max(1, round(h * r)), max(1, round(w * r))
             if (rh, rw) != (h, w):
                 xi = torch.nn.functional.interpolate(xi, size=(rh, rw), mode="bilinear",
@@ -106,6 +110,10 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
                                                  align_corners=False, antialias=True)
         top, left = (h - nh) // 2, (w - nw) // 2
         out[i:i + 1, :, top:top + nh, left:left + nw] = xi.clamp_min(0)
+        if noise is not None:
+            sigma = (noise[0] + draw["noise"] * (noise[1] - noise[0])) * float(m)
+            a, b = torch.randn(2, h, w, generator=generator, dtype=torch.float64).to(x.device, x.dtype)
+            out[i, 0] = torch.sqrt((out[i, 0] + sigma * a) ** 2 + (sigma * b) ** 2)
     return out
 
 
