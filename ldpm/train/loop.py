@@ -57,9 +57,10 @@ StepFn = Callable[[int, torch.Generator], Mapping[str, float]]
 
 def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
                    generator: torch.Generator) -> torch.Tensor:
-    """Seeded contrast, size and resolution augmentation of magnitude images ``x`` [B, 1, H, W] (``x``
-    itself when ``augment`` is empty), three uniform draws per image from ``generator``; a
-    share ``p`` (default 1) of the images is augmented, the rest kept as they are:
+    """Seeded contrast, size, resolution and noise augmentation of magnitude images ``x``
+    [B, 1, H, W] (``x`` itself when ``augment`` is empty), three uniform draws per image from
+    ``generator`` (and one per optional key); a share ``p`` (default 1) of the images is
+    augmented, the rest kept as they are:
 
     * ``gamma: [g0, g1]``: ``x -> m (x / m)^gamma``, ``m = max x``, ``log gamma`` uniform in
       ``[log g0, log g1]`` (darker or brighter mid-tones at the same maximum);
