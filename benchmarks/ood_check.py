@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ldpm.metrics.image import psnr
 from ldpm.mri import fft2c, ifft2c
 
 
@@ -38,8 +39,9 @@ def psnr_per_volume(recon: np.ndarray, target: np.ndarray, volumes: np.ndarray,
     out = {}
     for name in np.unique(volumes):
         t, r = target[volumes == name], recon[volumes == name]
-        err = (t - r) ** 2 if region is None else (t - r) ** 2 * region[volumes == name]
-        out[str(name)] = round(float(10 * np.log10(t.max() ** 2 / np.mean(err))), 2)
+        if region is not None:
+            t, r = t * region[volumes == name], r * region[volumes == name]
+        out[str(name)] = round(psnr(t, r, maxval=target[volumes == name].max()), 2)
     return out
 
 

@@ -136,7 +136,7 @@ def test_ood_volumes_are_dipys_real_scans_read_like_fastmri(tmp_path):
     assert {read_volume(p, CROP, DROP).meta["contrast"] for p in paths} == {"T1COR", "B0EPI"}
 
 
-def test_ood_val_is_two_other_real_scans_with_their_own_coils(tmp_path):
+def test_ood_val_is_two_other_real_scans(tmp_path):
     """OOD-val (for choosing recipes) shares no scan or volume name with Table III's OOD set; a
     3-D volume (no series axis) is read as well as a 4-D series' first volume."""
     from ldpm.data.ood import VAL_VOLUMES, VOLUMES, build_ood

@@ -36,6 +36,7 @@ import re
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -87,6 +88,7 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
     (g0, g1), (z0, z1) = augment.get("gamma", (1.0, 1.0)), augment.get("zoom", (1.0, 1.0))
     share = float(augment.get("p", 1.0))
     h, w = x.shape[-2:]
+    resize = partial(torch.nn.functional.interpolate, mode="bilinear", align_corners=False)
     out = torch.zeros_like(x)
     for i, (ug, uz, up, *ur) in enumerate(u):
         if up >= share:
@@ -100,15 +102,11 @@ def augment_images(x: torch.Tensor, augment: Mapping[str, Any] | None,
             r = resolution[0] + draw["resolution"] * (resolution[1] - resolution[0])
             rh, rw = max(1, round(h * r)), max(1, round(w * r))
             if (rh, rw) != (h, w):
-                xi = torch.nn.functional.interpolate(xi, size=(rh, rw), mode="bilinear",
-                                                     align_corners=False, antialias=True)
-                xi = torch.nn.functional.interpolate(xi, size=(h, w), mode="bilinear",
-                                                     align_corners=False)
+                xi = resize(resize(xi, size=(rh, rw), antialias=True), size=(h, w))
         z = z0 + uz * (z1 - z0)
         nh, nw = max(1, round(h * z)), max(1, round(w * z))
         if (nh, nw) != (h, w):
-            xi = torch.nn.functional.interpolate(xi, size=(nh, nw), mode="bilinear",
-                                                 align_corners=False, antialias=True)
+            xi = resize(xi, size=(nh, nw), antialias=True)
         top, left = (h - nh) // 2, (w - nw) // 2
         out[i:i + 1, :, top:top + nh, left:left + nw] = xi.clamp_min(0)
         if noise is not None:
