@@ -232,8 +232,8 @@ def main() -> None:
     k_score = min(a.score_mri_steps or n_score, n_score)
     for name in a.baselines:
         cfg = configs[name]
-        if name == "score_mri":
-            cfg = {**cfg, "sampler": {**cfg["sampler"], "n_steps": k_score}}
+        if name == "score_mri":  # one draw, as LDPM's rows time one draw
+            cfg = {**cfg, "sampler": {**cfg["sampler"], "n_steps": k_score, "n_samples": 1}}
         model = build_baseline(name, cfg).to(dev).eval()
         sec = timed(lambda: reconstruct(name, model, cfg, k_np, mask, {"seed": 0}),
                     a.repeats, "cpu")  # baselines' reconstruct runs on the CPU tensors

@@ -75,7 +75,8 @@ def test_training_and_reconstruction_apply_the_same_normalisation(monkeypatch, i
     masks = np.stack([mask_for_slice("v", i, 32, 4) for i in range(3)])
     k_u = measure(images[:, 0].numpy(), masks)
     monkeypatch.setattr(ml, "load_ldpm", lambda *a, **k: parts)
-    opts = {"n_steps": 2, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive", "slice_seeds": [1, 2, 3]}
+    opts = {"n_steps": 2, "p": 200, "guidance_scale": 0.1, "eps_mode": "rederive", "n_samples": 1,
+            "slice_seeds": [1, 2, 3]}
     ml.ldpm_reconstruct(k_u, masks, {}, {**opts, "batch_size": 2})
     assert [len(x) for x in seen] == [3, 3, 2, 1]  # two training batches, then the test slices in batches of 2
     for x in seen:

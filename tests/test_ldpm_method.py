@@ -65,7 +65,7 @@ def run(monkeypatch, parts, measurement, variant):
     monkeypatch.setattr(ds, "plain_sample", spy_plain)
     k_u, mask = measurement
     result = ml.ldpm_reconstruct(k_u, mask, {}, {"n_steps": 3, "p": 200, "guidance_scale": 0.1,
-                                                 "eps_mode": "rederive", "batch_size": 8,
+                                                 "eps_mode": "rederive", "n_samples": 1, "batch_size": 8,
                                                  "slice_seeds": [7]}, variant=variant)
     out = result.images
     assert out.shape == (1, 32, 32) and np.isfinite(out).all()
@@ -116,7 +116,7 @@ def test_batched_sampling_equals_one_slice_at_a_time(parts, variant):
     x = rng.random((4, 32, 32)).astype(np.float32) * np.array([1, 3, 0.5, 2], np.float32)[:, None, None]
     mask = np.stack([mask_for_slice("v", i, 32, 4) for i in range(4)])
     k_u = measure(x, mask)
-    opts = {"n_steps": 4, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive",
+    opts = {"n_steps": 4, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "n_samples": 2,
             "slice_seeds": [7, 8, 9, 10]}
     one = ldpm_images(k_u, mask, {}, {**opts, "batch_size": 1}, variant=variant, models=parts)
     four = ldpm_images(k_u, mask, {}, {**opts, "batch_size": 4}, variant=variant, models=parts)
@@ -127,8 +127,8 @@ def test_batched_sampling_equals_one_slice_at_a_time(parts, variant):
 # ------------------------------------------------ real checkpoints, loaded as `reconstruct` does
 
 TINY_SWIN = {"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4}
-OPTS = {"n_steps": 3, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "batch_size": 8,
-        "slice_seeds": [7, 8]}
+OPTS = {"n_steps": 3, "p": 500, "guidance_scale": 0.1, "eps_mode": "rederive", "n_samples": 1,
+        "batch_size": 8, "slice_seeds": [7, 8]}
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ TINY = {
     "train": {"stages": {s: {"n_steps": 3, "ckpt_every": 2} for s in (
         "sketcher", "vae_natural", "vae", "denoiser", "controlnet", "unet", "varnet", "swinmr", "score_mri",
         "lora_r4", "lora_r16", "lora_t1", "lora_t2")}},
-    "inference": {"n_shards": 2, "ldpm": {"n_steps": 3}, "score_mri": {"n_steps": 3}},
+    "inference": {"n_shards": 2, "ldpm": {"n_steps": 3, "n_samples": 2}, "score_mri": {"n_steps": 3, "n_samples": 2}},
     # DiffCode: every kind of stage (bank, single bank, diffusion/direct retrieval, restore with
     # and without a prior, an all-in-one baseline), 2 steps each
     "diffcode": {"enabled": True, "variants": ["v1", "v3", "single"], "baselines": ["swinir"],

@@ -356,3 +356,59 @@ def test_samplers_are_seeded(vae, problem):
     z1 = plain_spaced_ddpm(eps_fn, (1, 4, 4, 4), s, torch.Generator().manual_seed(0), c)
     z2 = plain_spaced_ddpm(eps_fn, (1, 4, 4, 4), s, torch.Generator().manual_seed(1), c)
     assert not torch.equal(z1, z2)
+
+
+# ------------------------------------------------------------- the mean of K posterior draws
+
+
+def _draws(n: int, shape=(2, 1, 16, 16)):
+    gen = torch.Generator().manual_seed(3)
+    return [torch.rand(shape, generator=gen) for _ in range(n)]
+
+
+def test_one_draw_is_returned_unchanged():
+    from ldpm.sampling.mean import sample_mean
+
+    (x,) = _draws(1)
+    k_u = torch.zeros(2, 16, 16, dtype=torch.complex64)
+    assert sample_mean(lambda k: x, 1, k_u, torch.ones(2, 16)) is x
+    with pytest.raises(ValueError, match="n_samples"):
+        sample_mean(lambda k: x, 0, k_u, torch.ones(2, 16))
+
+
+def test_mean_of_draws_is_put_back_through_eq3_and_never_moves_away_from_the_truth():
+    from ldpm.sampling.mean import sample_mean
+
+    truth = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 16)
+    mask[:, ::4] = 1
+    k_u = undersample(truth.to(torch.complex64), mask[:, None, :])
+    draws = _draws(3)
+    asked = []
+
+    def draw(k):
+        asked.append(k)
+        return draws[k]
+
+    out = sample_mean(draw, 3, k_u[:, None], mask[:, None, None])  # LDPM's [B, 1, ...] layout
+    mean = sum(draws) / 3
+    assert asked == [0, 1, 2]
+    by_hand = ifft2c(fft2c(mean[:, 0].to(torch.complex64)) * (1 - mask[:, None, :])
+                     + k_u * mask[:, None, :]).abs()[:, None]
+    torch.testing.assert_close(out, by_hand)
+    # Score-MRI's layout ([B, H, W] k-space, [B, W] masks) gives the same image
+    torch.testing.assert_close(sample_mean(lambda k: draws[k], 3, k_u, mask), out)
+    # a magnitude made consistent with a noise-free measurement of a non-negative image is no
+    # farther from that image than the mean was
+    assert ((out[:, 0] - truth) ** 2).sum() <= ((mean[:, 0] - truth) ** 2).sum()
+    torch.testing.assert_close(sample_mean(lambda k: draws[k], 3, k_u, mask, consistent=False), mean)
+
+
+def test_draw_seeds_keep_draw_zero_and_differ_per_draw():
+    from ldpm.sampling.mean import draw_seeds
+
+    seeds = [5, 2**40 + 7, 11]
+    assert draw_seeds(seeds, 0) == [5, 2**40 + 7, 11]
+    one, two = draw_seeds(seeds, 1), draw_seeds(seeds, 2)
+    assert one == draw_seeds(seeds, 1) and len(set(one + two + seeds)) == 9
+    assert all(0 <= s < 2**32 for s in one + two)

@@ -12,6 +12,9 @@ at sampling time, with the same trained networks:
 - ``ldpm_wo_skm`` (``sketcher: off``): the condition is ``|DC[x_u, k_u, M]| = |x_u|``.
 - ``ldpm_wo_dss`` (``sampler: plain``): plain respaced DDPM, no DC and no k-space guidance.
 
+Each slice is the mean of ``inference.ldpm.n_samples`` draws, put back through eq. 3
+(:mod:`ldpm.sampling.mean`; w/o DSS: the mean alone, with no DC); one draw is the sample itself.
+
 Checkpoints: ``sketcher``, ``vae``, ``controlnet`` and (without SD weights) ``denoiser``
 training folders. Each slice is divided by the maximum of its zero-filled image, computed from the
 measurement alone (:func:`ldpm.mri.measurement_scale`, as in every training stage), before
@@ -93,9 +96,10 @@ def normalised_measurement(k_u: np.ndarray, mask: np.ndarray, dev: torch.device)
 
 #: the Dual-Stage Sampler's settings, all from the config's ``inference.ldpm`` (eq. 8-12)
 SAMPLER_KEYS = ("n_steps", "p", "guidance_scale", "eps_mode")
-#: every key LDPM's reconstruction reads from ``inference.ldpm``: the sampler's settings and
-#: ``batch_size`` (slices sampled at once)
-LDPM_KEYS = (*SAMPLER_KEYS, "batch_size")
+#: every key LDPM's reconstruction reads from ``inference.ldpm``: the sampler's settings,
+#: ``n_samples`` (draws averaged per slice, :mod:`ldpm.sampling.mean`) and ``batch_size`` (slices
+#: sampled at once)
+LDPM_KEYS = (*SAMPLER_KEYS, "n_samples", "batch_size")
 
 
 def _require(options: Mapping[str, Any], keys: tuple[str, ...]) -> None:
@@ -125,6 +129,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
     """
     from ..models import vae_decode, vae_encode
     from ..sampling.dual_stage import DualStageSampler
+    from ..sampling.mean import draw_seeds, sample_mean
 
     _require(options, LDPM_KEYS)
     switches = {**ABLATION_SWITCHES[variant], **{k: options[k] for k in ("vae", "sketcher", "sampler")
@@ -143,8 +148,12 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
             k, m, x_u, scale = normalised_measurement(k_u[i:i + bs], mask[i:i + bs], dev)
             with torch.no_grad():
                 c_latent = encode(condition(sketcher, x_u, k, m, switches["sketcher"] == "on"))
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + bs]]
-            x = sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
+
+            def draw(j: int) -> torch.Tensor:
+                gens = [torch.Generator().manual_seed(s) for s in draw_seeds(seeds[i:i + bs], j)]
+                return sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
+
+            x = sample_mean(draw, int(options["n_samples"]), k, m, consistent=sampler.use_dss)
             out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
             bar.update(len(k))
     return Reconstruction(out, {"sampling_seconds": time.perf_counter() - start})
