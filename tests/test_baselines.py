@@ -163,6 +163,29 @@ def test_score_sampler_applies_dc_every_step(monkeypatch):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_score_mri_averages_its_draws_and_puts_the_mean_through_dc():
+    from ldpm.baselines import baseline
+    from ldpm.mri import data_consistency
+    from ldpm.sampling.mean import draw_seeds
+
+    forward = baseline("score_mri").forward
+    model = build_baseline("score_mri", TINY["score_mri"]).eval()
+    x = smooth_images(2, 32)[:, 0]
+    mask = mask_batch(2, 32, seed=3).to(torch.float32)
+    k_u = undersample(x, mask[:, None, :]).to(torch.complex64)
+    batch = {"k_u": k_u, "mask": mask, "seeds": [11, 12]}
+    cfg = {**TINY["score_mri"], "sampler": {**TINY["score_mri"]["sampler"], "predictor": "ancestral"}}
+    with torch.no_grad():
+        draws = [forward(model, {**batch, "seeds": draw_seeds([11, 12], k)}, cfg, {"n_samples": 1})
+                 for k in range(3)]
+        three = forward(model, batch, cfg, {"n_samples": 3})
+    assert not torch.equal(draws[0], draws[1])
+    mean = (draws[0] + draws[1] + draws[2]) / 3
+    torch.testing.assert_close(three, data_consistency(mean[:, 0], k_u, mask[:, None, :]).abs()[:, None])
+    # one draw is the published sampler's output, and the default of a sampler block without n_samples
+    torch.testing.assert_close(forward(model, batch, cfg, {}), draws[0], rtol=0, atol=0)
+
+
 def test_swinmr_loss_terms():
     """SwinMR's loss by hand (float64): Charbonnier ``mean sqrt(d^2 + eps)``, eps = 1e-9; the
     frequency term on the unnormalised ``fftn`` of the whole [2, 1, 16, 16] batch (512 values):

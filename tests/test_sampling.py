@@ -366,42 +366,21 @@ def _draws(n: int, shape=(2, 1, 16, 16)):
     return [torch.rand(shape, generator=gen) for _ in range(n)]
 
 
-def test_one_draw_is_returned_unchanged():
+def test_one_draw_is_returned_unchanged_and_k_draws_are_averaged():
     from ldpm.sampling.mean import sample_mean
 
-    (x,) = _draws(1)
-    k_u = torch.zeros(2, 16, 16, dtype=torch.complex64)
-    assert sample_mean(lambda k: x, 1, k_u, torch.ones(2, 16)) is x
-    with pytest.raises(ValueError, match="n_samples"):
-        sample_mean(lambda k: x, 0, k_u, torch.ones(2, 16))
-
-
-def test_mean_of_draws_is_put_back_through_eq3_and_never_moves_away_from_the_truth():
-    from ldpm.sampling.mean import sample_mean
-
-    truth = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
-    mask = torch.zeros(2, 16)
-    mask[:, ::4] = 1
-    k_u = undersample(truth.to(torch.complex64), mask[:, None, :])
     draws = _draws(3)
+    assert sample_mean(lambda k: draws[k], 1) is draws[0]
     asked = []
 
     def draw(k):
         asked.append(k)
         return draws[k]
 
-    out = sample_mean(draw, 3, k_u[:, None], mask[:, None, None])  # LDPM's [B, 1, ...] layout
-    mean = sum(draws) / 3
+    torch.testing.assert_close(sample_mean(draw, 3), (draws[0] + draws[1] + draws[2]) / 3)
     assert asked == [0, 1, 2]
-    by_hand = ifft2c(fft2c(mean[:, 0].to(torch.complex64)) * (1 - mask[:, None, :])
-                     + k_u * mask[:, None, :]).abs()[:, None]
-    torch.testing.assert_close(out, by_hand)
-    # Score-MRI's layout ([B, H, W] k-space, [B, W] masks) gives the same image
-    torch.testing.assert_close(sample_mean(lambda k: draws[k], 3, k_u, mask), out)
-    # a magnitude made consistent with a noise-free measurement of a non-negative image is no
-    # farther from that image than the mean was
-    assert ((out[:, 0] - truth) ** 2).sum() <= ((mean[:, 0] - truth) ** 2).sum()
-    torch.testing.assert_close(sample_mean(lambda k: draws[k], 3, k_u, mask, consistent=False), mean)
+    with pytest.raises(ValueError, match="n_samples"):
+        sample_mean(draw, 0)
 
 
 def test_draw_seeds_keep_draw_zero_and_differ_per_draw():

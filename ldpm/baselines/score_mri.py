@@ -2,8 +2,8 @@
 matching (:func:`ldpm.losses.dsm_loss`) on the training images, sampled at reconstruction by
 predictor-corrector steps with k-space data consistency
 (:func:`ldpm.sampling.score_pc.score_pc_sample`), each slice from its own seed; ``n_samples``
-draws of a slice are averaged and put back through eq. 3 (:mod:`ldpm.sampling.mean`, as LDPM's
-are; the published sampler: one draw). The published
+draws of a slice are averaged (:mod:`ldpm.sampling.mean`, as LDPM's are) and the mean put through
+the sampler's last step, eq. 3's DC, again (the published sampler: one draw). The published
 setting (``fastmri_knee_320_ncsnpp_continuous`` and ``score_sde``'s defaults): Adam 2e-4,
 warmup 5000, grad clip 1, EMA 0.999, sigma 0.01..378, N 2000, snr 0.16; its batch size and
 epoch count are not stated in the paper: 8 and 100 are our choice."""
@@ -28,6 +28,7 @@ def forward(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], options: Ma
     import torch
 
     from ..models.score import sde_from_config
+    from ..mri import data_consistency
     from ..sampling.mean import draw_seeds, sample_mean
     from ..sampling.score_pc import score_pc_sample
 
@@ -40,8 +41,12 @@ def forward(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], options: Ma
                                int(samp["n_corrector"]), float(samp["eps"]), gens,
                                str(samp["predictor"])).abs()[:, None]
 
-    # a checkpoint whose sampler block has no n_samples: one draw
-    return sample_mean(draw, int(samp.get("n_samples", 1)), batch["k_u"], batch["mask"])
+    n_samples = int(samp.get("n_samples", 1))  # a checkpoint whose sampler has none: one draw
+    x = sample_mean(draw, n_samples)
+    if n_samples == 1:
+        return x
+    # the mean through the sampler's own last step, eq. 3's DC, which each draw ended with
+    return data_consistency(x[:, 0], batch["k_u"], batch["mask"][:, None, :]).abs()[:, None]
 
 
 def loss(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], generator=None, criterion=None):

@@ -12,8 +12,8 @@ at sampling time, with the same trained networks:
 - ``ldpm_wo_skm`` (``sketcher: off``): the condition is ``|DC[x_u, k_u, M]| = |x_u|``.
 - ``ldpm_wo_dss`` (``sampler: plain``): plain respaced DDPM, no DC and no k-space guidance.
 
-Each slice is the mean of ``inference.ldpm.n_samples`` draws, put back through eq. 3
-(:mod:`ldpm.sampling.mean`; w/o DSS: the mean alone, with no DC); one draw is the sample itself.
+Each slice is the mean of ``inference.ldpm.n_samples`` draws (:mod:`ldpm.sampling.mean`); one
+draw is the sample itself.
 
 Checkpoints: ``sketcher``, ``vae``, ``controlnet`` and (without SD weights) ``denoiser``
 training folders. Each slice is divided by the maximum of its zero-filled image, computed from the
@@ -153,7 +153,7 @@ def ldpm_reconstruct(k_u: np.ndarray, mask: np.ndarray, checkpoints: Mapping[str
                 gens = [torch.Generator().manual_seed(s) for s in draw_seeds(seeds[i:i + bs], j)]
                 return sampler(mrcn, encode, decode, c_latent, k, m, generator=gens)
 
-            x = sample_mean(draw, int(options["n_samples"]), k, m, consistent=sampler.use_dss)
+            x = sample_mean(draw, int(options["n_samples"]))
             out[i:i + bs] = (x * scale)[:, 0].cpu().numpy()
             bar.update(len(k))
     return Reconstruction(out, {"sampling_seconds": time.perf_counter() - start})
