@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def derived_seed(*keys: int) -> int:
+    """One 32-bit seed from the tuple ``keys`` (numpy's ``SeedSequence``, as
+    :func:`seeded_generator`)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
 def seeded_generator(*keys: int) -> torch.Generator:
     """A CPU torch generator seeded from the tuple ``keys`` (numpy's ``SeedSequence``: any
     tuple gives its own stream; a longer tuple never repeats a shorter one's)."""

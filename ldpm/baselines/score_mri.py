@@ -28,7 +28,7 @@ def forward(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], options: Ma
     import torch
 
     from ..models.score import sde_from_config
-    from ..mri import data_consistency
+    from ..sampling.dual_stage import pixel_data_consistency
     from ..sampling.mean import draw_seeds, sample_mean
     from ..sampling.score_pc import score_pc_sample
 
@@ -46,7 +46,7 @@ def forward(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], options: Ma
     if n_samples == 1:
         return x
     # the mean through the sampler's own last step, eq. 3's DC, which each draw ended with
-    return data_consistency(x[:, 0], batch["k_u"], batch["mask"][:, None, :]).abs()[:, None]
+    return pixel_data_consistency(x, batch["k_u"][:, None], batch["mask"][:, None, None, :])
 
 
 def loss(model, batch: Mapping[str, Any], cfg: Mapping[str, Any], generator=None, criterion=None):

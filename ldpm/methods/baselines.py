@@ -26,6 +26,7 @@ from ..data.store import raw_sources
 from ..errors import LdpmInputError
 from ..io import progress
 from ..mri import center_crop, ifft2c, measurement_scale
+from ..seeding import derived_seed
 from .graph import BASELINES
 from .registry import register
 
@@ -46,9 +47,8 @@ def reconstruct(name: str, model: nn.Module, cfg: Mapping[str, Any], k_u: np.nda
     m_all = torch.from_numpy(np.ascontiguousarray(mask)).to(device=dev, dtype=torch.float32)
     bs = int(opts.get("batch_size", 8))
     seed = int(opts.get("seed", 0))
-    slice_seeds = opts.get("slice_seeds") or [
-        int(np.random.SeedSequence([seed & 0xFFFFFFFF, i]).generate_state(1)[0])
-        for i in range(len(k_u))]
+    slice_seeds = opts.get("slice_seeds") or [derived_seed(seed & 0xFFFFFFFF, i)
+                                              for i in range(len(k_u))]
     out = []
     with torch.no_grad(), progress(len(k_all), name) as bar:
         for i0 in range(0, len(k_all), bs):

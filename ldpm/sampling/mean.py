@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
+
+from ..seeding import derived_seed
 
 __all__ = ["draw_seeds", "sample_mean"]
 
@@ -27,7 +28,7 @@ def draw_seeds(seeds: Sequence[int], k: int) -> list[int]:
     from ``(seed, k)``."""
     if k == 0:
         return [int(s) for s in seeds]
-    return [int(np.random.SeedSequence([int(s) & 0xFFFFFFFF, k]).generate_state(1)[0]) for s in seeds]
+    return [derived_seed(int(s) & 0xFFFFFFFF, k) for s in seeds]
 
 
 def sample_mean(draw: Callable[[int], torch.Tensor], n_samples: int) -> torch.Tensor:
@@ -36,8 +37,6 @@ def sample_mean(draw: Callable[[int], torch.Tensor], n_samples: int) -> torch.Te
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     total = draw(0)
-    if n_samples == 1:
-        return total
     for k in range(1, n_samples):
         total = total + draw(k)
-    return total / n_samples
+    return total / n_samples if n_samples > 1 else total
